@@ -1,0 +1,266 @@
+"""The search config: one YAML file, validated by pydantic into a frozen SearchConfig.
+
+Parsing is pure (structure, ranges, names); `check_inputs` then touches the world (model files,
+their family, the storage server) so every mistake is reported before a trial starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search.samplers import SAMPLERS
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file, the key and the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    path: str = Field(min_length=1, description="file path (relative to the config file) or toyworld:NAME")
+
+
+class SpaceSpec(_Frozen):
+    parametrisation: Literal["affine", "simplex"] = "affine"
+    # group name -> block ids or ranges ("IN00-IN03"); omitted = one group per UNet block
+    groups: dict[str, tuple[str, ...]] | None = None
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    default_bounds: tuple[float, float] = (0.0, 1.0)
+    # component (TE, VAE) -> "search" (its own dimension) or the name of the model it is held from
+    components: dict[str, str] = Field(default_factory=lambda: {"TE": "search", "VAE": "search"})
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds_ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for group, (lo, hi) in value.items():
+            if not lo < hi:
+                raise ValueError(f"bounds for {group!r} are inverted or empty: [{lo}, {hi}]; write [low, high] with low < high")
+        return value
+
+    @field_validator("default_bounds")
+    @classmethod
+    def _default_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"default_bounds are inverted or empty: {list(value)}; write [low, high] with low < high")
+        return value
+
+    @model_validator(mode="after")
+    def _affine_bounds_hold_parents(self) -> SpaceSpec:
+        # Baselines (each parent alone: w=0 or w=1) must be points of the space so the sampler sees them.
+        if self.parametrisation == "affine":
+            for group, (lo, hi) in {"default_bounds": self.default_bounds, **self.bounds}.items():
+                if lo > 0 or hi < 1:
+                    raise ValueError(
+                        f"affine bounds for {group!r} are [{lo}, {hi}] but must include 0 and 1 so each parent "
+                        "is a point of the space; widen them, e.g. [-0.3, 1.2]"
+                    )
+        return self
+
+
+class RenderSpec(_Frozen):
+    steps: int = Field(default=20, ge=1)
+    guidance: float = Field(default=7.0, ge=0)
+    width: int | None = Field(default=None, ge=8)
+    height: int | None = Field(default=None, ge=8)
+    scheduler: str | None = None
+    batch_size: int = Field(default=4, ge=1)
+
+
+class ObjectiveSpec(_Frozen):
+    # either a prompt-set file, or the recipe to generate one: (vocabulary, n, m, seed)
+    prompts: str | None = None
+    vocabulary: str | None = None
+    n: int = Field(default=16, ge=1, description="prompts per split")
+    m: int = Field(default=3, ge=1, description="tags per prompt")
+    seed: int = 0
+    tagger: str = "toyworld"
+    tagger_path: str | None = None
+    negative_penalty: float = Field(default=0.0, ge=0)
+    render: RenderSpec = Field(default_factory=RenderSpec)
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> ObjectiveSpec:
+        if (self.prompts is None) == (self.vocabulary is None):
+            raise ValueError("give exactly one of `prompts` (a prompt-set file) or `vocabulary` (with n, m, seed)")
+        return self
+
+
+class BudgetSpec(_Frozen):
+    trials: int | None = Field(default=None, ge=1)
+    hours: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetSpec:
+        if self.trials is None and self.hours is None:
+            raise ValueError("give `trials`, `hours` or both, or the search never stops")
+        return self
+
+
+class PrunerSpec(_Frozen):
+    enabled: bool = True
+    startup_trials: int = Field(default=5, ge=0, description="completed trials before pruning starts")
+    warmup_batches: int = Field(default=1, ge=0, description="batches always rendered before a trial may stop")
+
+
+class WorkersSpec(_Frozen):
+    backend: Literal["local", "ray"] = "local"
+    count: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    address: str | None = None
+    max_restarts: int = Field(default=2, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0, description="ray.wait timeout")
+
+
+class SearchConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name; the run folder is runs/<name>")
+    models: tuple[ModelSpec, ...] = Field(min_length=2)
+    base: str | None = None  # the model weights are relative to (affine); default: the first model
+    family: str | None = None  # checked against what the files say when given
+    renderer: str | None = None  # family config folder under configs/families (default: the family)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    objective: ObjectiveSpec
+    sampler: str = "auto"
+    seed: int = 0
+    budget: BudgetSpec
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    storage: str | None = None  # default sqlite:///runs/<name>/study.db
+    runs_dir: str = "runs"
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    holdout: bool = True
+    # where relative paths are resolved from: the config file's folder (set by load_config)
+    root: str = "."
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _names(self) -> SearchConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.base is not None and self.base not in names:
+            raise ValueError(f"base {self.base!r} is not one of the models {names}")
+        for comp, how in self.space.components.items():
+            if how != "search" and how not in names:
+                raise ValueError(
+                    f"space.components.{comp} = {how!r}: write 'search' or the name of a model to hold it from ({names})"
+                )
+        return self
+
+    # ---- derived, pure -------------------------------------------------------------------------
+    @property
+    def ordered_models(self) -> tuple[ModelSpec, ...]:
+        """Models with the base first: the affine form is relative to sources[0]."""
+        base = self.base or self.models[0].name
+        return tuple(sorted(self.models, key=lambda m: m.name != base))
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.root) / p
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').as_posix()}"
+
+    def identity(self) -> dict[str, Any]:
+        """What a study may not change on resume: the space and the benchmark (and what they run on)."""
+        return {
+            "models": [m.model_dump() for m in self.ordered_models],
+            "family": self.family,
+            "renderer": self.renderer,
+            "space": self.space.model_dump(mode="json"),
+            "objective": self.objective.model_dump(mode="json"),
+        }
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_errors(path: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "missing; add this key"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against configs/toyworld.yaml"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<config>", root: str | Path = ".") -> SearchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (name, models, objective, ...)")
+    try:
+        return SearchConfig.model_validate({**data, "root": str(root)})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Read and validate a YAML config; relative paths inside it resolve from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = dict(data or {})
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return parse_config(data, source=str(path), root=path.parent)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value
+
+
+_RANGE = re.compile(r"^([A-Z]+)(\d+)-([A-Z]+)(\d+)$")
+
+
+def expand_blocks(items: tuple[str, ...], blocks: tuple[str, ...]) -> tuple[str, ...]:
+    """Expand 'IN00-IN03' style ranges against a layout's block order; unknown ids raise ValueError."""
+    out: list[str] = []
+    for item in items:
+        m = _RANGE.match(item)
+        if m:
+            lo, hi = f"{m[1]}{m[2]}", f"{m[3]}{m[4]}"
+            if lo not in blocks or hi not in blocks:
+                raise ValueError(f"range {item!r} names a block that is not one of {blocks[0]}..{blocks[-1]}")
+            i, j = blocks.index(lo), blocks.index(hi)
+            if i > j:
+                raise ValueError(f"range {item!r} runs backwards; write it low-high")
+            out.extend(blocks[i : j + 1])
+        elif item in blocks:
+            out.append(item)
+        else:
+            raise ValueError(f"unknown block {item!r}; blocks are {', '.join(blocks)}")
+    return tuple(out)

@@ -1,0 +1,163 @@
+"""The search space: Optuna params <-> per-block merge coefficients <-> Recipe. Pure maths.
+
+Two parametrisations over n models (sources[0] is the base):
+- affine: one weight w_i per (non-base model, group) in the group's bounds; coefficients
+  (1 - sum w, w_1..w_k), so weights may be negative or sum past 1.
+- simplex: stick-breaking, n-1 params u_k in [0, 1] per group. v_k = 1 - (1-u_k)^(1/(n-k)) makes
+  v_k ~ Beta(1, n-k) under uniform u, which makes the coefficients uniform-Dirichlet (never the
+  u/sum(u) normalisation, which crowds the centre). c_k = v_k * prod_{j<k}(1 - v_j).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from search.config import SpaceSpec, expand_blocks
+
+if TYPE_CHECKING:
+    import optuna
+
+Params = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    models: tuple[str, ...]  # base first
+    parametrisation: str
+    groups: dict[str, tuple[str, ...]]  # searched group -> weight ids (blocks, or a component)
+    held: dict[str, str]  # weight id -> model it is taken from whole
+    bounds: dict[str, tuple[float, float]]  # searched group -> (lo, hi) (affine only)
+    weight_ids: tuple[str, ...]  # every weight id of the layout, in layout order
+
+    # ---- building --------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: SpaceSpec, models: tuple[str, ...], blocks: tuple[str, ...],
+              components: tuple[str, ...]) -> SearchSpace:
+        """Raise ValueError (naming the config key) when groups or components do not fit the layout."""
+        if spec.groups is None:
+            groups = {b: (b,) for b in blocks}
+        else:
+            groups = {}
+            seen: dict[str, str] = {}
+            for name, items in spec.groups.items():
+                try:
+                    ids = expand_blocks(tuple(items), blocks)
+                except ValueError as exc:
+                    raise ValueError(f"space.groups.{name}: {exc}") from None
+                for b in ids:
+                    if b in seen:
+                        raise ValueError(f"space.groups.{name}: block {b} is already in group {seen[b]}")
+                    seen[b] = name
+                groups[name] = ids
+            missing = [b for b in blocks if b not in seen]
+            if missing:
+                raise ValueError(f"space.groups: blocks {', '.join(missing)} are in no group; add them to one")
+        held: dict[str, str] = {}
+        unknown = set(spec.components) - set(components)
+        if unknown:
+            raise ValueError(f"space.components: unknown component(s) {sorted(unknown)}; this family has {components}")
+        for comp in components:
+            how = spec.components.get(comp, "search")
+            if how == "search":
+                if comp in groups:
+                    raise ValueError(f"space.groups: {comp!r} is a component name; rename the group")
+                groups[comp] = (comp,)
+            else:
+                held[comp] = how
+        unknown_bounds = set(spec.bounds) - set(groups)
+        if unknown_bounds:
+            raise ValueError(f"space.bounds: no group named {sorted(unknown_bounds)}; groups are {list(groups)}")
+        bounds = {g: tuple(spec.bounds.get(g, spec.default_bounds)) for g in groups}
+        return cls(models=tuple(models), parametrisation=spec.parametrisation, groups=groups, held=held,
+                   bounds=bounds, weight_ids=tuple(blocks) + tuple(components))
+
+    # ---- params ----------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.models)
+
+    def dimensions(self) -> list[Dimension]:
+        dims = []
+        for g in self.groups:
+            if self.parametrisation == "affine":
+                lo, hi = self.bounds[g]
+                dims += [Dimension(f"{g}.{m}", lo, hi) for m in self.models[1:]]
+            else:
+                dims += [Dimension(f"{g}.u{k}", 0.0, 1.0) for k in range(1, self.n)]
+        return dims
+
+    def suggest(self, trial: optuna.Trial) -> Params:
+        return {d.name: trial.suggest_float(d.name, d.low, d.high) for d in self.dimensions()}
+
+    def group_coefficients(self, params: Mapping[str, float], group: str) -> tuple[float, ...]:
+        if self.parametrisation == "affine":
+            w = [float(params[f"{group}.{m}"]) for m in self.models[1:]]
+            return (1.0 - sum(w), *w)
+        coeffs, rest = [], 1.0
+        for k in range(1, self.n):
+            u = min(max(float(params[f"{group}.u{k}"]), 0.0), 1.0)
+            v = 1.0 - (1.0 - u) ** (1.0 / (self.n - k))
+            coeffs.append(rest * v)
+            rest *= 1.0 - v
+        return (*coeffs, rest)
+
+    def coefficients(self, params: Mapping[str, float]) -> dict[str, tuple[float, ...]]:
+        """One linear coefficient per model for every weight id, in layout order."""
+        out: dict[str, tuple[float, ...]] = {}
+        for g, ids in self.groups.items():
+            c = self.group_coefficients(params, g)
+            for wid in ids:
+                out[wid] = c
+        for wid, model in self.held.items():
+            out[wid] = tuple(1.0 if m == model else 0.0 for m in self.models)
+        return {wid: out[wid] for wid in self.weight_ids}
+
+    def affine_weights(self, params: Mapping[str, float]) -> dict[str, tuple[float, ...]]:
+        """The Recipe's `affine` weights: the non-base coefficients."""
+        return {wid: c[1:] for wid, c in self.coefficients(params).items()}
+
+    def negative_mass(self, params: Mapping[str, float]) -> float:
+        """Mean over weight ids of the summed magnitude of negative coefficients (0 inside the simplex)."""
+        coeffs = self.coefficients(params).values()
+        return sum(sum(-x for x in c if x < 0) for c in coeffs) / max(len(self.weight_ids), 1)
+
+    # ---- baselines -------------------------------------------------------------------------------
+    def params_for_group_coefficients(self, target: tuple[float, ...]) -> dict[str, float]:
+        """Params giving `target` coefficients in every group (used for the baselines)."""
+        out: dict[str, float] = {}
+        for g in self.groups:
+            if self.parametrisation == "affine":
+                out.update({f"{g}.{m}": float(target[i + 1]) for i, m in enumerate(self.models[1:])})
+            else:
+                rest = 1.0
+                for k in range(1, self.n):
+                    c = target[k - 1]
+                    v = 0.0 if rest <= 1e-12 else min(max(c / rest, 0.0), 1.0)
+                    out[f"{g}.u{k}"] = 1.0 - (1.0 - v) ** (self.n - k)
+                    rest *= 1.0 - v
+        return out
+
+    def baselines(self) -> list[tuple[str, Params]]:
+        """Each parent alone, then the uniform merge (held components stay held in all of them)."""
+        out = []
+        for i, m in enumerate(self.models):
+            onehot = tuple(1.0 if j == i else 0.0 for j in range(self.n))
+            out.append((f"parent:{m}", self.params_for_group_coefficients(onehot)))
+        out.append(("uniform", self.params_for_group_coefficients(tuple(1.0 / self.n for _ in range(self.n)))))
+        return out
+
+    # ---- recipe ----------------------------------------------------------------------------------
+    def recipe(self, params: Mapping[str, float], *, family: Any, sources: tuple[Any, ...], dtype: str = "fp16") -> Any:
+        from merge_core import Recipe
+
+        return Recipe(family=family, method="affine", sources=tuple(sources), weights=self.affine_weights(params),
+                      dtype=dtype, keep_ema=False)

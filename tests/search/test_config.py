@@ -1,0 +1,61 @@
+"""Config parsing: structure errors name the file and the key path."""
+
+import pytest
+
+from search.config import ConfigError, load_config, parse_config
+
+BASE = {
+    "name": "t",
+    "models": [{"name": "base", "path": "a.safetensors"}, {"name": "b", "path": "b.safetensors"}],
+    "objective": {"vocabulary": "toyworld", "n": 4, "m": 2},
+    "budget": {"trials": 5},
+}
+
+
+def with_(**kw):
+    d = {k: v for k, v in BASE.items()}
+    d.update(kw)
+    return d
+
+
+def test_defaults_and_hash():
+    cfg = parse_config(BASE, root="/tmp/x")
+    assert cfg.storage_url == "sqlite:///runs/t/study.db"
+    assert cfg.resolve("a.safetensors").as_posix() == "/tmp/x/a.safetensors"
+    assert cfg.ordered_models[0].name == "base"
+    assert parse_config(with_(base="b")).ordered_models[0].name == "b"
+    # budget, workers, sampler may change on resume; the space may not
+    same = parse_config(with_(budget={"trials": 50}, sampler="tpe", workers={"count": 2}))
+    assert same.config_hash == cfg.config_hash
+    other = parse_config(with_(space={"default_bounds": [-0.2, 1.2]}))
+    assert other.config_hash != cfg.config_hash
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"sampler": "bayes"}, "t.yaml: sampler: unknown sampler 'bayes'; choose one of auto, cmaes, random, tpe"),
+        ({"space": {"bounds": {"IN": [1.0, 0.0]}}}, "t.yaml: space.bounds: bounds for 'IN' are inverted"),
+        ({"space": {"default_bounds": [0.2, 1.0]}}, "must include 0 and 1"),
+        ({"budget": {}}, "t.yaml: budget: give `trials`, `hours` or both"),
+        ({"objective": {"tagger": "clip"}}, "t.yaml: objective: give exactly one of `prompts`"),
+        ({"models": [{"name": "a", "path": "x"}]}, "t.yaml: models: Tuple should have at least 2 items"),
+        ({"base": "zzz"}, "base 'zzz' is not one of the models"),
+        ({"workers": {"backend": "slurm"}}, "t.yaml: workers.backend:"),
+        ({"space": {"components": {"VAE": "nobody"}}}, "space.components.VAE = 'nobody'"),
+        ({"bogus": 1}, "t.yaml: bogus: unknown key"),
+    ],
+)
+def test_bad_structure_names_the_key(change, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(**change), source="t.yaml")
+    assert needle in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)

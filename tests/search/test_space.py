@@ -1,0 +1,73 @@
+"""Exact maths of the search space: params <-> coefficients, baselines, stick-breaking."""
+
+import numpy as np
+import pytest
+
+from search.config import SpaceSpec
+from search.space import SearchSpace
+
+BLOCKS = tuple(f"IN{i:02d}" for i in range(12)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(12))
+COMPONENTS = ("TE", "VAE")
+
+
+def make(spec: SpaceSpec, models=("base", "a", "b")) -> SearchSpace:
+    return SearchSpace.build(spec, models, BLOCKS, COMPONENTS)
+
+
+def test_affine_groups_and_coefficients():
+    spec = SpaceSpec(groups={"IN": ("IN00-IN11",), "MID": ("M00",), "OUT": ("OUT00-OUT11",)},
+                     bounds={"OUT": (-0.3, 1.2)}, components={"TE": "search", "VAE": "base"})
+    space = make(spec)
+    names = [d.name for d in space.dimensions()]
+    assert names == ["IN.a", "IN.b", "MID.a", "MID.b", "OUT.a", "OUT.b", "TE.a", "TE.b"]
+    assert [(d.low, d.high) for d in space.dimensions()][4] == (-0.3, 1.2)
+    params = {"IN.a": 0.2, "IN.b": 0.3, "MID.a": 0.0, "MID.b": 1.0, "OUT.a": -0.2, "OUT.b": 1.1,
+              "TE.a": 0.5, "TE.b": 0.5}
+    c = space.coefficients(params)
+    assert list(c) == list(BLOCKS) + ["TE", "VAE"]
+    assert c["IN05"] == pytest.approx((0.5, 0.2, 0.3))
+    assert c["M00"] == pytest.approx((0.0, 0.0, 1.0))
+    assert c["OUT11"] == pytest.approx((0.1, -0.2, 1.1))
+    assert c["VAE"] == (1.0, 0.0, 0.0)  # held from the base
+    assert space.affine_weights(params)["IN05"] == pytest.approx((0.2, 0.3))
+    # negative mass: only the 12 OUT blocks carry -0.2, averaged over 27 weight ids
+    assert space.negative_mass(params) == pytest.approx(12 * 0.2 / 27)
+
+
+def test_blocks_outside_groups_and_bad_names_are_errors():
+    with pytest.raises(ValueError, match="in no group"):
+        make(SpaceSpec(groups={"IN": ("IN00-IN11",)}))
+    with pytest.raises(ValueError, match="unknown block 'IN12'"):
+        make(SpaceSpec(groups={"IN": ("IN12",)}))
+    with pytest.raises(ValueError, match="already in group"):
+        make(SpaceSpec(groups={"A": ("IN00-IN11", "M00", "OUT00-OUT11"), "B": ("M00",)}))
+    with pytest.raises(ValueError, match="no group named"):
+        make(SpaceSpec(bounds={"NOPE": (0.0, 1.0)}))
+
+
+@pytest.mark.parametrize("param", ["affine", "simplex"])
+def test_baselines_are_parents_and_uniform(param):
+    space = make(SpaceSpec(parametrisation=param, components={"TE": "search", "VAE": "search"}))
+    labels = [label for label, _ in space.baselines()]
+    assert labels == ["parent:base", "parent:a", "parent:b", "uniform"]
+    for i, (_, params) in enumerate(space.baselines()):
+        want = (1 / 3, 1 / 3, 1 / 3) if i == 3 else tuple(float(j == i) for j in range(3))
+        for wid, c in space.coefficients(params).items():
+            assert c == pytest.approx(want, abs=1e-12), wid
+        for d in space.dimensions():  # baselines are points of the box
+            assert d.low <= params[d.name] <= d.high
+
+
+def test_simplex_is_uniform_dirichlet_under_uniform_params():
+    space = make(SpaceSpec(parametrisation="simplex", groups={"ALL": ("IN00-IN11", "M00", "OUT00-OUT11")},
+                           components={"TE": "base", "VAE": "base"}), models=("m0", "m1", "m2", "m3"))
+    rng = np.random.default_rng(0)
+    draws = np.array([space.group_coefficients({f"ALL.u{k}": rng.random() for k in (1, 2, 3)}, "ALL")
+                      for _ in range(20000)])
+    assert np.allclose(draws.sum(1), 1.0) and (draws >= 0).all()
+    # Dirichlet(1,1,1,1): each marginal is Beta(1, 3): mean 1/4, variance 3/80
+    assert np.allclose(draws.mean(0), 0.25, atol=0.01)
+    assert np.allclose(draws.var(0), 3 / 80, atol=0.004)
+    # u/sum(u) would give a marginal variance far below 3/80 (mass crowded at the centre)
+    u = rng.random((20000, 4))
+    assert (u / u.sum(1, keepdims=True)).var(0).mean() < 0.6 * 3 / 80
