@@ -1,0 +1,72 @@
+"""`mergesearch export RUN`: the best (or any completed) trial as a .safetensors with provenance."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _relocation(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=PATH, e.g. --source base=/models/base.safetensors")
+    return name, Path(path)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a trial's merge as a .safetensors checkpoint with its provenance",
+        description=(
+            "Replay a completed trial's recipe from the source files through the streaming merge writer "
+            "(refusing if a source changed since the search scored it) and write a single-file checkpoint "
+            "that A1111, Forge and ComfyUI load. Its metadata holds A1111's merge recipe keys and the full "
+            "provenance: study, trial, scores, benchmark and prompt-set hashes, tagger, sampler and recipe."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN", help="run folder (runs/<name>/) or its run.json")
+    parser.add_argument("--trial", default="best", metavar="best|N",
+                        help="which trial: 'best' (default) or a completed trial's number")
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.safetensors", help="output file")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                        help="output dtype (default: the recipe's, as searched)")
+    parser.add_argument("--repair-with", type=Path, default=None, metavar="B",
+                        help="contact-merge the export toward checkpoint B (low-rank repair of distortions)")
+    parser.add_argument("--rank", type=int, default=4, metavar="R", help="rank of the contact merge (default 4)")
+    parser.add_argument("--source", type=_relocation, action="append", default=[], metavar="NAME=PATH",
+                        help="a source checkpoint that moved since the search (its sha256 must still match)")
+    parser.add_argument("--verify", action="store_true",
+                        help="reload the export, re-run the benchmark's search split and check the score "
+                             "matches the trial's (within the output dtype's rounding)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.review.export import export_trial
+    from search.review.run import ReviewError, load_run
+
+    try:
+        folder = load_run(args.run)
+        result = export_trial(
+            folder, args.out, trial=args.trial, dtype=args.dtype, repair_with=args.repair_with, rank=args.rank,
+            relocate=dict(args.source), overwrite=args.overwrite,
+        )
+    except (ReviewError, ValueError) as exc:
+        print(f"mergesearch export: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported trial {result.trial} of {result.study_name} ({result.dtype}, tag_recall "
+          f"{result.score:.4f}) to {result.path}")
+    if not args.verify:
+        return 0
+    from search.review.verify import verify_export
+
+    try:
+        check = verify_export(folder, result)
+    except (ReviewError, ValueError) as exc:
+        print(f"mergesearch export: verify: {exc}", file=sys.stderr)
+        return 2
+    print(check.describe())
+    return 0 if check.ok else 1

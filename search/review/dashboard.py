@@ -1,0 +1,175 @@
+"""optuna-dashboard for a run: per-trial notes, study figures, metric names, and a local server."""
+
+from __future__ import annotations
+
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+import optuna_dashboard
+import pandas as pd
+from optuna.trial import FrozenTrial
+from optuna_dashboard._note import get_note_from_system_attrs
+
+from search.review import figures
+from search.review.report import category_comparison
+from search.review.run import RunFolder
+from search.review.trials import METRIC, baselines, block_weights, completed, pick_trial, trial_recipe
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+WEIGHTS_FIGURE_ID = "best-block-weights"
+CATEGORIES_FIGURE_ID = "best-vs-parents"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value):.3f}"
+
+
+def trial_note(trial: FrozenTrial, parents: dict[str, FrozenTrial]) -> str:
+    """Markdown: the trial's per-category scores on both splits beside each baseline's search score."""
+    attrs = trial.user_attrs
+    search = attrs.get("categories") or {}
+    holdout = attrs.get("holdout_categories") or {}
+    header = f"## Trial {trial.number}: {METRIC} {_fmt(trial.value)}"
+    if attrs.get("holdout") is not None:
+        header += f", held-out {_fmt(attrs['holdout'])}"
+    lines = [header, ""]
+    if attrs.get("baseline"):
+        lines += [f"Baseline: **{attrs['baseline']}**", ""]
+    others = [(label, t) for label, t in sorted(parents.items()) if t.number != trial.number]
+    cats = sorted(set(search) | set(holdout))
+    if cats:
+        lines.append("| category | search | held-out | " + " | ".join(label for label, _ in others) + " |")
+        lines.append("|---|---:|---:|" + "---:|" * len(others))
+        for cat in cats:
+            theirs = [_fmt((t.user_attrs.get("categories") or {}).get(cat)) for _, t in others]
+            lines.append(f"| {cat} | {_fmt(search.get(cat))} | {_fmt(holdout.get(cat))} | " + " | ".join(theirs) + " |")
+        lines.append(f"| **overall** | {_fmt(trial.value)} | {_fmt(attrs.get('holdout'))} | "
+                     + " | ".join(_fmt(t.value) for _, t in others) + " |")
+    else:
+        lines.append("No per-category scores recorded.")
+    if attrs.get("render_seconds") is not None:
+        lines += ["", f"Rendered in {float(attrs['render_seconds']):.1f} s"
+                  + (f" on {attrs['worker']}" if attrs.get("worker") else "") + "."]
+    return "\n".join(lines)
+
+
+def study_note(study: optuna.Study) -> str:
+    attrs = study.user_attrs
+    lines = [f"## {study.study_name}", ""]
+    for key in ("family", "tagger", "sampler", "prompt_set_hash", "config_hash"):
+        if attrs.get(key) is not None:
+            lines.append(f"- **{key}**: `{attrs[key]}`")
+    for source in attrs.get("sources") or []:
+        lines.append(f"- source **{source.get('name')}**: `{source.get('path')}` (sha256 `{str(source.get('sha256'))[:12]}`)")
+    lines += ["", "Each trial's note holds its per-category scores beside the parents'. "
+              "The study's figures show the best recipe's block weights and its categories against the parents."]
+    return "\n".join(lines)
+
+
+def _has_note(system_attrs: dict, trial_id: int | None) -> bool:
+    return get_note_from_system_attrs(system_attrs, trial_id)["version"] > 0
+
+
+def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int | None:
+    """Write what the dashboard shows beyond Optuna's own pages; returns the best trial's number.
+
+    Notes are written only where none exists, so notes a user edited in the dashboard stay.
+    Figures are rewritten under fixed ids when the best trial changes.
+    """
+    if study.metric_names is None:
+        study.set_metric_names([METRIC])
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    if not _has_note(system_attrs, None):
+        optuna_dashboard.save_note(study, study_note(study))
+    done = completed(study)
+    parents = baselines(study)
+    for trial in done:
+        if not _has_note(system_attrs, trial._trial_id):
+            _save_trial_note(study, trial, trial_note(trial, parents))
+    if not done:
+        return None
+    best = pick_trial(study, "best")
+    if best.number != last_best:
+        weights = block_weights(trial_recipe(best))
+        optuna_dashboard.save_plotly_graph_object(
+            study,
+            figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): coefficient per model and block"),
+            graph_object_id=WEIGHTS_FIGURE_ID,
+        )
+        comparison = category_comparison(study)["search"]
+        if not comparison.empty:
+            optuna_dashboard.save_plotly_graph_object(
+                study,
+                figures.category_bars(comparison, title=f"Per-category {METRIC} (search split): best vs parents"),
+                graph_object_id=CATEGORIES_FIGURE_ID,
+            )
+    return best.number
+
+
+def _save_trial_note(study: optuna.Study, trial: FrozenTrial, body: str) -> None:
+    # save_note wants a live Trial; a finished trial only needs its storage ids.
+    from optuna_dashboard._note import save_note_with_version
+
+    save_note_with_version(study._storage, study._study_id, trial._trial_id, 1, body)
+
+
+def make_app(run: RunFolder):
+    """The optuna-dashboard WSGI app on the run's storage and artifact store."""
+    return optuna_dashboard.wsgi(run.open_storage(), artifact_store=run.artifact_store())
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code="-", size="-") -> None:  # one line per asset is noise
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class DashboardServer:
+    """The dashboard served from a background thread; port 0 picks a free port."""
+
+    def __init__(self, run: RunFolder, *, host: str = "127.0.0.1", port: int = 8080, refresh_s: float = 60.0):
+        self.run = run
+        self.study = run.open_study()
+        self._best = annotate_study(self.study)
+        self._server = make_server(host, port, make_app(run), server_class=_ThreadingServer,
+                                   handler_class=_QuietHandler)
+        self.host, self.port = host, self._server.server_port
+        self._refresh_s = refresh_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/dashboard"
+
+    def start(self) -> DashboardServer:
+        serve = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
+        refresh = threading.Thread(target=self._refresh_loop, name="dashboard-notes", daemon=True)
+        self._threads = [serve, refresh]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _refresh_loop(self) -> None:
+        # A search may still be running: notes and figures follow new trials.
+        while not self._stop.wait(self._refresh_s):
+            self._best = annotate_study(self.study, last_best=self._best)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> DashboardServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""`mergesearch report`: the trial table (CSV + Parquet), PNG plots and a terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial
+from pydantic import BaseModel, ConfigDict
+
+from search.review import plots
+from search.review.run import ReviewError, RunFolder
+from search.review.trials import (
+    METRIC,
+    baselines,
+    block_weights,
+    category_frame,
+    completed,
+    pick_trial,
+    trial_recipe,
+    trial_table,
+)
+
+
+class ReportFiles(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    table_csv: Path
+    table_parquet: Path
+    history_png: Path
+    weights_png: Path
+    categories_png: Path
+
+
+def references(study: optuna.Study) -> dict[str, float]:
+    """Each baseline's search-split score, by label ("parent:<name>", "uniform")."""
+    return {label: float(t.value) for label, t in baselines(study).items()}
+
+
+def compared_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The best trial followed by the baselines, labelled for legends and tables."""
+    best = pick_trial(study, "best")
+    out = {f"best (#{best.number})": best}
+    for label, trial in sorted(baselines(study).items()):
+        out[f"{label} (#{trial.number})"] = trial
+    return out
+
+
+def category_comparison(study: optuna.Study) -> dict[str, pd.DataFrame]:
+    """Per split, a categories x compared-trials frame of scores (empty when nothing was scored)."""
+    trials = compared_trials(study)
+    result = {}
+    for split in ("search", "holdout"):
+        frame = pd.DataFrame({label: category_frame(t, split) for label, t in trials.items()})
+        result[split] = frame.dropna(how="all")
+    return result
+
+
+def summary(study: optuna.Study) -> str:
+    """A small fixed-width table: the best trial against every baseline, both splits."""
+    trials = study.get_trials(deepcopy=False)
+    states = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
+    lines = [
+        f"study {study.study_name}: {len(trials)} trials ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        + ")"
+    ]
+    if not completed(study):
+        return "\n".join(lines + ["no completed trial yet"])
+    rows = []
+    for label, trial in compared_trials(study).items():
+        holdout = trial.user_attrs.get("holdout")
+        rows.append({"trial": label, METRIC: trial.value, "holdout": holdout})
+    frame = pd.DataFrame(rows).set_index("trial")
+    parents = frame[frame.index.str.startswith("parent:")]
+    if len(parents):
+        best_parent = parents[METRIC].max()
+        frame["vs best parent"] = frame[METRIC] - best_parent
+    lines.append(frame.to_string(float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}"))
+    return "\n".join(lines)
+
+
+def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, str]:
+    """Write the table and plots for a run (into runs/<name>/report/ by default)."""
+    study = run.open_study()
+    if not completed(study):
+        raise ReviewError(
+            f"study {run.study_name!r} in {run.root / 'run.json'} has no completed trial yet; "
+            "wait for the search to finish a trial"
+        )
+    out = Path(out) if out is not None else run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = trial_table(study)
+
+    csv = out / "trials.csv"
+    parquet = out / "trials.parquet"
+    _atomic_table(table, csv, parquet)
+
+    best = pick_trial(study, "best")
+    history = plots.history_plot(table, references(study), out / "history.png", metric=METRIC)
+    weights = plots.weights_plot(
+        block_weights(trial_recipe(best)),
+        out / "best_weights.png",
+        title=f"Best recipe (trial {best.number}, {METRIC} {best.value:.3f}): coefficient per model and block",
+    )
+    categories = plots.category_plot(
+        category_comparison(study), out / "categories.png", title=f"Per-category {METRIC}: best vs parents"
+    )
+    files = ReportFiles(
+        table_csv=csv, table_parquet=parquet, history_png=history, weights_png=weights, categories_png=categories
+    )
+    return files, summary(study)
+
+
+def _atomic_table(table: pd.DataFrame, csv: Path, parquet: Path) -> None:
+    tmp_csv = csv.with_name(f".{csv.name}.tmp")
+    tmp_parquet = parquet.with_name(f".{parquet.name}.tmp")
+    table.to_csv(tmp_csv)
+    table.to_parquet(tmp_parquet)
+    tmp_csv.replace(csv)
+    tmp_parquet.replace(parquet)

@@ -1,0 +1,67 @@
+"""Opening run folders: good ones load, bad ones fail with one message naming the file and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from search.review.run import ReviewError, load_run
+
+
+def _write_run(folder, **overrides):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "study_name": "demo",
+        "storage": f"sqlite:///{folder / 'study.db'}",
+        "artifact_dir": "artifacts",
+        "config_path": "config.yaml",
+        **overrides,
+    }
+    (folder / "run.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_relative_paths_resolve_inside_the_run_folder(tmp_path):
+    folder = _write_run(tmp_path / "r", storage="sqlite:///study.db")
+    (folder / "artifacts").mkdir()
+    (folder / "study.db").touch()
+    run = load_run(folder / "run.json")
+    assert run.artifact_dir == folder / "artifacts"
+    assert run.storage == f"sqlite:///{folder / 'study.db'}"
+    assert run.config_path == folder / "config.yaml"
+
+
+def test_folder_without_run_json(tmp_path):
+    with pytest.raises(ReviewError, match=r"no run.json here.*mergesearch search"):
+        load_run(tmp_path)
+
+
+def test_run_json_missing_a_key(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"study_name": "x", "artifact_dir": "a"}))
+    with pytest.raises(ReviewError, match=r"run.json: key 'storage' missing"):
+        load_run(tmp_path)
+
+
+def test_run_folder_without_a_study_database(tmp_path):
+    run = load_run(_write_run(tmp_path / "r"))
+    with pytest.raises(ReviewError, match=r"does not exist, so this run has no study yet"):
+        run.open_study()
+    assert not (tmp_path / "r" / "study.db").exists()  # nothing was created by looking
+
+
+def test_storage_without_that_study(tmp_path):
+    folder = _write_run(tmp_path / "r")
+    optuna.create_study(study_name="other", storage=f"sqlite:///{folder / 'study.db'}")
+    with pytest.raises(ReviewError, match=r"study 'demo' not found .*studies there: other"):
+        load_run(folder).open_study()
+
+
+def test_cli_reports_missing_study_in_one_line(tmp_path, capsys):
+    from search.cli import main
+
+    folder = _write_run(tmp_path / "r")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json" in err[0] and "mergesearch search" in err[0]
