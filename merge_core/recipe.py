@@ -1,0 +1,136 @@
+"""The recipe: everything needed to rebuild a merge, as a frozen, JSON-serialisable model."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from .family import Family
+from .hashing import file_sha256
+from .layout import layout_for
+from .methods import canonical_name, get_method
+
+Dtype = Literal["fp16", "bf16", "fp32"]
+
+
+class Source(BaseModel):
+    """One input checkpoint: where it is, what it hashes to, and a display name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256: str | None = None
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Source:
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.path).stem)
+        return self
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, *, name: str = "", hash: bool = True) -> Source:
+        return cls(path=str(path), sha256=file_sha256(path) if hash else None, name=name)
+
+
+class Recipe(BaseModel):
+    """A merge of ``sources`` by ``method`` with per-block ``weights``.
+
+    ``weights`` has one entry per weight id of the family's layout (UNet blocks, then TE
+    and VAE) holding that method's parameters for the block: ``(alpha,)``,
+    ``(alpha, beta)``, or for ``affine`` one weight per non-base source (``sources[0]``
+    is the base).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Family
+    method: str
+    sources: tuple[Source, ...]
+    weights: dict[str, tuple[float, ...]]
+    dtype: Dtype = "fp16"
+    keep_ema: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return get_method(v).name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        method = get_method(self.method)
+        method.check_sources(len(self.sources))
+        ids = layout_for(self.family).weight_ids
+        missing = [w for w in ids if w not in self.weights]
+        unknown = [w for w in self.weights if w not in ids]
+        if missing or unknown:
+            raise ValueError(
+                f"recipe weights for {self.family.value} must cover exactly {', '.join(ids)}; "
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"unknown {', '.join(unknown)}" if unknown else "")
+            )
+        n = method.n_params(len(self.sources))
+        for wid, params in self.weights.items():
+            if len(params) != n:
+                raise ValueError(f"{self.method} takes {n} weight(s) per block; {wid} has {len(params)}")
+            if not all(math.isfinite(p) for p in params):
+                raise ValueError(f"weight of {wid} is not a finite number: {params}")
+        # Keep weights in layout order so JSON and metadata read in block order.
+        object.__setattr__(self, "weights", {w: tuple(float(p) for p in self.weights[w]) for w in ids})
+        return self
+
+    def coefficients(self) -> dict[str, tuple[float, ...]]:
+        """One linear coefficient per source for every weight id."""
+        method = get_method(self.method)
+        n = len(self.sources)
+        return {wid: method.coefficients(params, n) for wid, params in self.weights.items()}
+
+    @classmethod
+    def uniform(
+        cls,
+        family: Family | str,
+        method: str,
+        sources: tuple[Source, ...] | list[Source],
+        params: tuple[float, ...],
+        *,
+        te: tuple[float, ...] | None = None,
+        vae: tuple[float, ...] | None = None,
+        blocks: dict[str, tuple[float, ...]] | None = None,
+        dtype: Dtype = "fp16",
+        keep_ema: bool = False,
+    ) -> Recipe:
+        """A recipe with ``params`` everywhere, overridden per block by ``blocks`` and for TE/VAE by ``te``/``vae``."""
+        layout = layout_for(family)
+        weights = {w: tuple(params) for w in layout.weight_ids}
+        weights.update(blocks or {})
+        if te is not None:
+            weights["TE"] = tuple(te)
+        if vae is not None:
+            weights["VAE"] = tuple(vae)
+        return cls(
+            family=Family(family),
+            method=canonical_name(method),
+            sources=tuple(sources),
+            weights=weights,
+            dtype=dtype,
+            keep_ema=keep_ema,
+        )
+
+    def to_json(self, **kwargs) -> str:
+        return self.model_dump_json(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Recipe:
+        return cls.model_validate_json(text)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recipe:
+        return cls.from_json(Path(path).read_text())

@@ -1,0 +1,32 @@
+import pytest
+from sd_keysets import inference_keys, tiny_state_dict
+
+from merge_core import CheckpointError, Family, detect_family, open_checkpoint, save_safetensors
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_real_key_sets_are_recognised(family):
+    keys = inference_keys(family)
+    assert detect_family(keys, keys.__getitem__) == Family(family)
+
+
+def test_unet_only_files_use_the_context_width():
+    for family in ("sd1", "sd2"):
+        keys = {k: s for k, s in inference_keys(family).items() if k.startswith("model.diffusion_model.")}
+        assert detect_family(keys, keys.__getitem__) == Family(family)
+
+
+def test_tiny_sd1_layout_is_sd1(tmp_path):
+    # the toy world: SD1 key names, shapes far from the real ones
+    p = tmp_path / "toy.safetensors"
+    save_safetensors(tiny_state_dict("sd1", max_dim=3), p)
+    assert open_checkpoint(p).family == Family.SD1
+
+
+def test_unrelated_tensors_are_not_a_family(tmp_path):
+    import torch
+
+    p = tmp_path / "lora.safetensors"
+    save_safetensors({"lora_unet_down.weight": torch.zeros(2)}, p)
+    with pytest.raises(CheckpointError, match="not an SD1, SD2 or SDXL"):
+        _ = open_checkpoint(p).family
