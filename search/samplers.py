@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +23,10 @@ class AutoSampler(BaseSampler):
 
     def __init__(self, *, seed: int | None = None, n_startup_trials: int = 10) -> None:
         self._n_startup = n_startup_trials
-        self._qmc = QMCSampler(
-            qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False, warn_independent_sampling=False
-        )
+        with warnings.catch_warnings():  # "experimental" says nothing a user can act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._qmc = QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False,
+                                   warn_independent_sampling=False)
         self._gp = GPSampler(seed=seed, n_startup_trials=0, warn_independent_sampling=False)
         self._random = RandomSampler(seed=seed)
         self._chosen: dict[int, BaseSampler] = {}

@@ -1,0 +1,261 @@
+"""The search loop: asynchronous ask/tell keeping every worker busy (no generation barrier).
+
+Only this driver talks to the storage. Each finished candidate gets its recipe, per-category
+scores and contact sheet (uploaded before tell); a crash fails the trial and re-enqueues its params
+once; NaN/blank renders fail it for good; whenever the best changes (and for every baseline) the
+candidate is also scored on the holdout split before it is told, so its trial carries `holdout`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import TrialState
+
+from search.space import Params, SearchSpace
+from search.study import fail_running, finished_count
+from search.tasks import EvalResult, EvalTask
+from search.workers import Crash, WorkerPool
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    trials: int | None = None
+    hours: float | None = None
+    poll_seconds: float = 1.0
+    prune: bool = True
+    prune_startup_trials: int = 5
+    prune_warmup_batches: int = 1
+    holdout: bool = True
+    negative_penalty: float = 0.0
+
+
+@dataclass
+class LoopStats:
+    started_at: float = field(default_factory=time.time)
+    finished_before: int = 0  # trials already counted against the budget when this run began
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    retried: int = 0
+    running: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    best_holdout: float | None = None
+    render_seconds: float = 0.0
+    saved_seconds: float = 0.0
+    apply_seconds: float = 0.0
+    stopped: str = ""
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+@dataclass
+class _Flight:
+    trial: optuna.Trial
+    params: Params
+    recipe: str
+    value: float | None = None  # set while waiting for the holdout score
+    result: EvalResult | None = None
+
+
+class SearchLoop:
+    def __init__(self, study: optuna.Study, space: SearchSpace, pool: WorkerPool, *,
+                 make_recipe: Callable[[Params], str], options: LoopOptions,
+                 artifact_dir: str | Path | None = None,
+                 on_update: Callable[[LoopStats], None] | None = None) -> None:
+        self.study, self.space, self.pool = study, space, pool
+        self.make_recipe, self.options, self.on_update = make_recipe, options, on_update
+        self.store = FileSystemArtifactStore(str(artifact_dir)) if artifact_dir else None
+        self.stats = LoopStats(finished_before=finished_count(study))
+        self._flights: dict[int, _Flight] = {}  # trial number -> in-flight trial
+        self._queue: list[EvalTask] = []  # holdout tasks, served before new trials
+        self._next_task = 0
+        self._stop = False
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if done:
+            best = max(done, key=lambda t: t.value)
+            self.stats.best_value, self.stats.best_number = best.value, best.number
+            self.stats.best_holdout = best.user_attrs.get("holdout")
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        self._stop = True
+        self.stats.stopped = reason
+
+    # ---- budget ----------------------------------------------------------------------------------
+    def _may_ask(self) -> bool:
+        o = self.options
+        if o.hours is not None and time.time() - self.stats.started_at >= o.hours * 3600:
+            self.stats.stopped = self.stats.stopped or "time budget reached"
+            return False
+        if o.trials is not None:
+            counted = self.stats.finished_before + self.stats.finished + len(self._flights)
+            if counted >= o.trials:
+                return False
+        return True
+
+    # ---- main loop -------------------------------------------------------------------------------
+    def run(self) -> LoopStats:
+        try:
+            while not self._stop:
+                self._fill()
+                if not self.pool.in_flight():
+                    break
+                for outcome in self.pool.poll(self.options.poll_seconds):
+                    self._handle(outcome)
+                self.stats.running = len(self._flights)
+                if self.on_update:
+                    self.on_update(self.stats)
+        finally:
+            self._abandon_in_flight()
+        self.stats.running = 0
+        if self.on_update:
+            self.on_update(self.stats)
+        return self.stats
+
+    def _fill(self) -> None:
+        while self.pool.idle() > 0 and not self._stop:
+            if self._queue:
+                self.pool.submit(self._queue.pop(0))
+                continue
+            if not self._may_ask():
+                return
+            trial = self.study.ask()
+            params = self.space.suggest(trial)
+            recipe = self.make_recipe(params)
+            trial.set_user_attr("recipe", recipe)
+            self._flights[trial.number] = _Flight(trial=trial, params=params, recipe=recipe)
+            baseline = "baseline" in trial.user_attrs
+            self._submit(trial.number, recipe, "search", () if baseline else self._prune_thresholds())
+
+    def _submit(self, number: int, recipe: str, split: str, prune_below: tuple[float | None, ...]) -> None:
+        task = EvalTask(task_id=self._next_task, trial_number=number, split=split, recipe=recipe,
+                        prune_below=prune_below)
+        self._next_task += 1
+        if split == "holdout" and self.pool.idle() == 0:
+            self._queue.append(task)
+        else:
+            self.pool.submit(task)
+
+    def _prune_thresholds(self) -> tuple[float | None, ...]:
+        """Median of completed trials' running scores per batch (Optuna's MedianPruner rule)."""
+        o = self.options
+        if not o.prune:
+            return ()
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < o.prune_startup_trials:
+            return ()
+        steps = max((max(t.intermediate_values, default=-1) for t in done), default=-1) + 1
+        out: list[float | None] = []
+        for step in range(steps):
+            vals = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+            out.append(statistics.median(vals) if step >= o.prune_warmup_batches and vals else None)
+        return tuple(out)
+
+    # ---- outcomes --------------------------------------------------------------------------------
+    def _handle(self, outcome: EvalResult | Crash) -> None:
+        task = outcome.task if isinstance(outcome, Crash) else None
+        number = task.trial_number if task else outcome.trial_number
+        split = task.split if task else outcome.split
+        flight = self._flights.get(number)
+        if flight is None:  # stale (e.g. a trial abandoned already)
+            return
+        if split == "holdout":
+            self._finish_holdout(flight, outcome)
+        elif isinstance(outcome, Crash):
+            self._crashed(flight, outcome.error)
+        else:
+            self._finish_search(flight, outcome)
+
+    def _crashed(self, flight: _Flight, error: str) -> None:
+        t = flight.trial
+        first = not (t.user_attrs.get("retry_of") is not None and t.user_attrs.get("retry_reason") == "crash")
+        frozen = self.study._storage.get_trial(t._trial_id)
+        fail_running(self.study, frozen, reason="crash", detail=error, retry=first)
+        del self._flights[t.number]
+        if first:
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+
+    def _finish_search(self, flight: _Flight, r: EvalResult) -> None:
+        t = flight.trial
+        for step, v in enumerate(r.intermediate):
+            t.report(v, step)
+        t.set_user_attr("render_seconds", round(r.render_seconds, 3))
+        t.set_user_attr("worker", r.worker)
+        self.stats.render_seconds += r.render_seconds
+        self.stats.apply_seconds += r.apply_seconds
+        if r.status == "failed":
+            t.set_user_attr("fail_reason", r.error or "failed")
+            self.study.tell(t, state=TrialState.FAIL)
+            self.stats.failed += 1
+            del self._flights[t.number]
+            return
+        if r.status == "pruned":
+            t.set_user_attr("saved_seconds", round(r.saved_seconds, 3))
+            self.stats.saved_seconds += r.saved_seconds
+            self.study.tell(t, state=TrialState.PRUNED)
+            self.stats.pruned += 1
+            del self._flights[t.number]
+            return
+        value = float(r.value)
+        if self.options.negative_penalty:
+            mass = self.space.negative_mass(flight.params)
+            t.set_user_attr("tag_recall_raw", value)
+            t.set_user_attr("negative_mass", mass)
+            value -= self.options.negative_penalty * mass
+        t.set_user_attr("categories", dict(r.categories))
+        self._upload_sheet(t, r.sheet)
+        flight.value, flight.result = value, r
+        is_best = self.stats.best_value is None or value > self.stats.best_value
+        if is_best:
+            self.stats.best_value, self.stats.best_number, self.stats.best_holdout = value, t.number, None
+        if self.options.holdout and (is_best or "baseline" in t.user_attrs):
+            self._submit(t.number, flight.recipe, "holdout", ())
+        else:
+            self._tell_complete(flight)
+
+    def _finish_holdout(self, flight: _Flight, r: EvalResult | Crash) -> None:
+        t = flight.trial
+        if isinstance(r, Crash) or r.status != "ok":
+            t.set_user_attr("holdout_error", r.error if isinstance(r, Crash) else (r.error or r.status))
+        else:
+            t.set_user_attr("holdout", float(r.value))
+            t.set_user_attr("holdout_categories", dict(r.categories))
+            if self.stats.best_number == t.number:
+                self.stats.best_holdout = float(r.value)
+        self._tell_complete(flight)
+
+    def _tell_complete(self, flight: _Flight) -> None:
+        self.study.tell(flight.trial, flight.value)
+        self.stats.complete += 1
+        del self._flights[flight.trial.number]
+
+    def _upload_sheet(self, trial: optuna.Trial, sheet: bytes | None) -> None:
+        if not sheet or self.store is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number:05d}-sheet.webp"
+            path.write_bytes(sheet)
+            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                            mimetype="image/webp")
+
+    def _abandon_in_flight(self) -> None:
+        """On stop: in-flight trials are failed and re-enqueued so the next run evaluates them."""
+        for number, flight in list(self._flights.items()):
+            frozen = self.study._storage.get_trial(flight.trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                fail_running(self.study, frozen, reason="interrupted", retry=True)
+            del self._flights[number]
+        self._queue.clear()
+        self.pool.close()

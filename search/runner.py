@@ -1,0 +1,180 @@
+"""Prepare a search (every check before any trial) and run it: the `mergesearch search` pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.config import ConfigError, SearchConfig
+from search.loop import LoopOptions, LoopStats, SearchLoop
+from search.rundir import RunInfo, write_run
+from search.space import SearchSpace
+from search.storage import StorageError, make_storage
+from search.study import OpenedStudy, open_study, study_attrs
+from search.workers import EvaluatorSpec, LocalPool, RayPool, WorkerPool
+
+
+@dataclass
+class Prepared:
+    config: SearchConfig
+    config_text: str
+    family: str
+    sources: tuple[Any, ...]  # merge_core.Source, base first
+    space: SearchSpace
+    prompt_set: Any  # benchmark.PromptSet
+    storage: optuna.storages.RDBStorage
+    evaluator: EvaluatorSpec
+
+    def recipe_json(self, params: dict[str, float]) -> str:
+        return self.space.recipe(params, family=self.family, sources=self.sources).model_dump_json()
+
+
+def resolve_model_path(config: SearchConfig, path: str) -> Path:
+    if path.startswith("toyworld:"):
+        from benchmark.toyworld import zoo
+
+        name = path.split(":", 1)[1]
+        models = zoo()
+        if name not in models:
+            raise ConfigError(f"models: toyworld model {name!r} does not exist; the zoo has {', '.join(models)}")
+        return Path(models[name])
+    return config.resolve(path)
+
+
+def build_prompt_set(config: SearchConfig) -> Any:
+    from benchmark.prompts import load_prompt_set, make_prompt_set
+    from benchmark.vocabulary import load_vocabulary
+
+    o = config.objective
+    if o.prompts is not None:
+        return load_prompt_set(config.resolve(o.prompts))
+    vocab = o.vocabulary
+    vocab_path = config.resolve(vocab) if ("/" in vocab or vocab.endswith(".yaml")) else vocab
+    return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed)
+
+
+def prepare(config: SearchConfig, *, config_text: str = "", evaluator: EvaluatorSpec | None = None) -> Prepared:
+    """Everything that can be wrong is found here, before a worker starts or a trial is asked."""
+    from merge_core import CheckpointError, Source, layout_for, open_checkpoint
+
+    sources, families = [], {}
+    for m in config.ordered_models:
+        path = resolve_model_path(config, m.path)
+        if not path.is_file():
+            raise ConfigError(f"models.{m.name}: no such file {path}; fix the path (relative paths start at the "
+                              f"config's folder, {config.root})")
+        try:
+            ckpt = open_checkpoint(path)
+            families[m.name] = str(ckpt.family.value if hasattr(ckpt.family, "value") else ckpt.family)
+            sources.append(Source(path=str(path.resolve()), sha256=ckpt.sha256, name=m.name))
+        except (CheckpointError, OSError) as exc:
+            raise ConfigError(f"models.{m.name}: {exc}") from None
+    kinds = set(families.values())
+    if len(kinds) > 1:
+        listing = ", ".join(f"{n}={f}" for n, f in families.items())
+        raise ConfigError(f"models: the checkpoints are of different families ({listing}); a merge needs one family")
+    family = kinds.pop()
+    if config.family is not None and config.family != family:
+        raise ConfigError(f"family: the config says {config.family!r} but the model files are {family!r}; "
+                          "remove `family` or fix it")
+    layout = layout_for(family)
+    try:
+        space = SearchSpace.build(config.space, tuple(m.name for m in config.ordered_models),
+                                  tuple(layout.blocks), tuple(layout.components))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        prompt_set = build_prompt_set(config)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"objective: {exc}") from None
+    if config.workers.backend == "local" and config.workers.count != 1:
+        raise ConfigError("workers.count: the local backend runs one in-process worker; use backend: ray for more")
+    try:
+        storage = make_storage(config.storage_url)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
+    if evaluator is None:
+        evaluator = default_evaluator(config, family, sources, prompt_set)
+    return Prepared(config=config, config_text=config_text, family=family, sources=tuple(sources), space=space,
+                    prompt_set=prompt_set, storage=storage, evaluator=evaluator)
+
+
+def default_evaluator(config: SearchConfig, family: str, sources: list[Any], prompt_set: Any) -> EvaluatorSpec:
+    o = config.objective
+    return EvaluatorSpec(
+        factory="search.evaluator:BenchmarkEvaluator",
+        torch_threads=config.workers.torch_threads,
+        kwargs={
+            "renderer": config.renderer or family,
+            "sources": [s.path for s in sources],
+            "prompt_set": prompt_set.model_dump_json(),
+            "tagger": o.tagger,
+            "tagger_path": str(config.resolve(o.tagger_path)) if o.tagger_path else None,
+            "render": o.render.model_dump(),
+            "device": config.workers.device,
+        },
+    )
+
+
+def make_pool(prepared: Prepared) -> WorkerPool:
+    w = prepared.config.workers
+    if w.backend == "local":
+        return LocalPool(prepared.evaluator)
+    return RayPool(prepared.evaluator, count=w.count, gpus_per_worker=w.gpus_per_worker,
+                   max_restarts=w.max_restarts, address=w.address)
+
+
+@dataclass
+class SearchRun:
+    opened: OpenedStudy
+    info: RunInfo
+    stats: LoopStats
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.opened.study
+
+
+def open_run(prepared: Prepared, *, fork: bool = False) -> tuple[OpenedStudy, RunInfo]:
+    config = prepared.config
+    name = f"{config.name}.{config.config_hash[:8]}" if fork else config.name
+    attrs = study_attrs(
+        config_json=config.model_dump_json(), family=prepared.family,
+        sources=[{"name": s.name, "path": s.path, "sha256": s.sha256} for s in prepared.sources],
+        prompt_set_hash=prepared.prompt_set.hash, tagger=config.objective.tagger)
+    if fork:
+        attrs["forked_from"] = config.name
+    import optuna.pruners
+
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=config.pruner.startup_trials,
+                                         n_warmup_steps=config.pruner.warmup_batches)
+    opened = open_study(storage=prepared.storage, study_name=name, config_hash=config.config_hash,
+                        space=prepared.space, sampler=config.sampler, seed=config.seed, pruner=pruner,
+                        study_attrs=attrs)
+    text = prepared.config_text or json.dumps(json.loads(config.model_dump_json()), indent=2)
+    info = write_run(config.run_dir, study_name=name, storage=config.storage_url, config_text=text)
+    return opened, info
+
+
+def run_search(prepared: Prepared, *, fork: bool = False, pool: WorkerPool | None = None,
+               on_update: Callable[[LoopStats], None] | None = None,
+               on_loop: Callable[[SearchLoop], None] | None = None) -> SearchRun:
+    opened, info = open_run(prepared, fork=fork)
+    config = prepared.config
+    pool = pool or make_pool(prepared)
+    options = LoopOptions(trials=config.budget.trials, hours=config.budget.hours,
+                          poll_seconds=config.workers.poll_seconds, prune=config.pruner.enabled,
+                          prune_startup_trials=config.pruner.startup_trials,
+                          prune_warmup_batches=config.pruner.warmup_batches, holdout=config.holdout,
+                          negative_penalty=config.objective.negative_penalty)
+    loop = SearchLoop(opened.study, prepared.space, pool, make_recipe=prepared.recipe_json, options=options,
+                      artifact_dir=info.artifact_dir, on_update=on_update)
+    if on_loop:
+        on_loop(loop)
+    stats = loop.run()
+    return SearchRun(opened=opened, info=info, stats=stats)

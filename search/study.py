@@ -1,0 +1,141 @@
+"""Create or resume a study: config-hash guard, stale-trial recovery, baselines enqueued once."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.samplers import make_sampler
+from search.space import SearchSpace
+
+METRIC = "tag_recall"
+
+
+class StudyMismatchError(RuntimeError):
+    """The stored study was made from a different space or benchmark."""
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    created: bool
+    recovered: list[int]  # numbers of stale RUNNING trials failed and re-enqueued
+    enqueued_baselines: list[str]
+
+
+def fixed_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The params a trial was (or was to be) evaluated at, even if it died before suggesting them."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str) -> None:
+    """Enqueue the same params again, carrying the baseline label; the old trial is marked `requeued`."""
+    attrs = {"retry_of": trial.number, "retry_reason": reason}
+    if "baseline" in trial.user_attrs:
+        attrs["baseline"] = trial.user_attrs["baseline"]
+    study.enqueue_trial(fixed_params(trial), user_attrs=attrs)
+
+
+def fail_running(study: optuna.Study, trial: FrozenTrial, *, reason: str, retry: bool, detail: str = "") -> None:
+    """Fail a RUNNING trial; with retry, enqueue its params again (reason: crash|interrupted|driver)."""
+    storage = study._storage
+    if retry:
+        storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+    storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{reason}: {detail}" if detail else reason)
+    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    if retry:
+        requeue(study, trial, reason=reason)
+
+
+def open_study(
+    *,
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    config_hash: str,
+    space: SearchSpace,
+    sampler: str,
+    seed: int,
+    pruner: optuna.pruners.BasePruner | None = None,
+    study_attrs: Mapping[str, Any] | None = None,
+    startup_trials: int | None = None,
+) -> OpenedStudy:
+    """Create the study, or resume it: same command, same study. Refuses another config's study."""
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    created = study_name not in existing
+    n_existing = 0 if created else len(storage.get_all_trials(storage.get_study_id_from_name(study_name),
+                                                                deepcopy=False))
+    startup = startup_trials if startup_trials is not None else default_startup(space)
+    # Seed shifted by the trials already stored so a resumed run does not replay its first proposals.
+    sampler_obj = make_sampler(sampler, seed=seed + n_existing, n_startup_trials=startup)
+    if created:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    sampler=sampler_obj, pruner=pruner)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
+        for key, value in {**(study_attrs or {}), "config_hash": config_hash, "sampler": sampler}.items():
+            study.set_user_attr(key, value)
+    else:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler_obj, pruner=pruner)
+        stored = study.user_attrs.get("config_hash")
+        if stored != config_hash:
+            raise StudyMismatchError(
+                f"study {study_name!r} in {storage_label(storage)} was made from another space or benchmark "
+                f"(config hash {stored}, this config {config_hash}); run with --fork to start a new study "
+                "beside it, or give the run another name"
+            )
+        study.set_user_attr("sampler", sampler)
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # One driver per study: whatever is RUNNING when it starts was left by a dead driver.
+        fail_running(study, t, reason="driver", detail="left RUNNING by a stopped driver", retry=True)
+        recovered.append(t.number)
+    enqueued = enqueue_baselines(study, space)
+    return OpenedStudy(study=study, created=created, recovered=recovered, enqueued_baselines=enqueued)
+
+
+def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
+    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    out = []
+    for label, params in space.baselines():
+        if label not in present:
+            study.enqueue_trial(params, user_attrs={"baseline": label})
+            out.append(label)
+    return out
+
+
+def default_startup(space: SearchSpace) -> int:
+    """Baselines, then a Sobol start of about one point per dimension (at least 8, at most 24)."""
+    return len(space.baselines()) + min(max(8, len(space.dimensions())), 24)
+
+
+def storage_label(storage: optuna.storages.BaseStorage) -> str:
+    url = getattr(storage, "url", None)
+    if url is None:
+        return type(storage).__name__
+    from search.storage import _redacted
+
+    return _redacted(url)
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete, pruned, or failed for good (not requeued)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            n += 1
+        elif t.state == TrialState.FAIL and not t.user_attrs.get("requeued"):
+            n += 1
+    return n
+
+
+def study_attrs(*, config_json: str, family: str, sources: list[dict[str, str]], prompt_set_hash: str,
+                tagger: str) -> dict[str, Any]:
+    return {"config": json.loads(config_json), "family": family, "sources": sources,
+            "prompt_set_hash": prompt_set_hash, "tagger": tagger}

@@ -1,0 +1,201 @@
+"""Workers: one interface, two backends. A worker holds an evaluator (sources resident, renderer,
+benchmark) built once; it takes EvalTasks and gives EvalResults.
+
+- LocalPool: one evaluator in this process (tests, a single GPU without Ray).
+- RayPool: one Ray actor per worker (num_gpus configurable, 0 on CPU; max_restarts); ray.wait always
+  with a timeout so the driver stays responsive to Ctrl-C and to dead actors.
+A crash (exception, killed process) comes back as a `Crash`, never as an exception in the loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from search.tasks import EvalResult, EvalTask
+
+
+class EvaluatorSpec(BaseModel):
+    """How a worker builds its evaluator: 'module:attr' factory called with kwargs (JSON-able)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    factory: str = "search.evaluator:BenchmarkEvaluator"
+    kwargs: dict[str, Any] = {}
+    torch_threads: int | None = None
+
+
+class Evaluator(Protocol):
+    def evaluate(self, task: EvalTask) -> EvalResult: ...
+
+
+def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
+    if spec.torch_threads:
+        import torch
+
+        torch.set_num_threads(spec.torch_threads)
+    module, _, attr = spec.factory.partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(**spec.kwargs)
+
+
+@dataclass(frozen=True)
+class Crash:
+    task: EvalTask
+    error: str
+    worker: str
+
+
+Outcome = EvalResult | Crash
+
+
+class WorkerPool(Protocol):
+    size: int
+
+    def idle(self) -> int: ...
+    def submit(self, task: EvalTask) -> None: ...
+    def poll(self, timeout: float) -> list[Outcome]: ...
+    def in_flight(self) -> list[EvalTask]: ...
+    def close(self) -> None: ...
+
+
+def _safe_evaluate(evaluator: Evaluator, task: EvalTask, worker: str) -> Outcome:
+    try:
+        result = evaluator.evaluate(task)
+    except Exception as exc:  # one bad candidate must not stop the search
+        return Crash(task=task, error=f"{type(exc).__name__}: {exc}", worker=worker)
+    return result.model_copy(update={"worker": worker})
+
+
+class LocalPool:
+    """In-process: tasks run one at a time inside poll()."""
+
+    size = 1
+
+    def __init__(self, spec: EvaluatorSpec) -> None:
+        self._evaluator = build_evaluator(spec)
+        self._queue: queue.SimpleQueue[EvalTask] = queue.SimpleQueue()
+        self._pending: list[EvalTask] = []
+        self._name = f"local@{socket.gethostname()}"
+
+    def idle(self) -> int:
+        return 0 if self._pending else 1
+
+    def submit(self, task: EvalTask) -> None:
+        self._pending.append(task)
+
+    def in_flight(self) -> list[EvalTask]:
+        return list(self._pending)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        if not self._pending:
+            time.sleep(min(timeout, 0.05))
+            return []
+        task = self._pending.pop(0)
+        return [_safe_evaluate(self._evaluator, task, self._name)]
+
+    def close(self) -> None:
+        self._pending.clear()
+
+
+class _Actor:
+    """Body of the Ray actor (wrapped by ray.remote in RayPool, so this module imports without Ray)."""
+
+    def __init__(self, spec: EvaluatorSpec, index: int) -> None:
+        self._evaluator = build_evaluator(spec)
+        self._name = f"ray-{index}@{socket.gethostname()}:{os.getpid()}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, task: EvalTask) -> Outcome:
+        return _safe_evaluate(self._evaluator, task, self._name)
+
+
+class NoWorkersLeft(RuntimeError):
+    pass
+
+
+class RayPool:
+    def __init__(self, spec: EvaluatorSpec, *, count: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+                 max_restarts: int = 2, address: str | None = None, ready_timeout: float = 600.0) -> None:
+        import ray
+
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                     **({} if address else {"num_cpus": max(int(count * cpus_per_worker), 1)}))
+        actor_cls = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                               max_restarts=max_restarts, max_task_retries=0)
+        self.size = count
+        self._actors = [actor_cls.remote(spec, i) for i in range(count)]
+        self._busy: dict[Any, tuple[int, EvalTask]] = {}  # ref -> (actor index, task)
+        self._dead: set[int] = set()
+        self._crashes = [0] * count
+        self._max_restarts = max_restarts
+        # Wait for every actor to have built its evaluator (sources loaded) before the clock starts.
+        refs = [a.pid.remote() for a in self._actors]
+        ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=ready_timeout)
+        if not_ready:
+            raise NoWorkersLeft(f"{len(not_ready)} of {count} Ray workers did not start within {ready_timeout:.0f} s")
+        try:
+            self.pids = ray.get(ready, timeout=ready_timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise NoWorkersLeft(f"a Ray worker failed to start: {exc}") from None
+
+    def _free_actors(self) -> list[int]:
+        busy = {i for i, _ in self._busy.values()}
+        return [i for i in range(len(self._actors)) if i not in busy and i not in self._dead]
+
+    def idle(self) -> int:
+        return len(self._free_actors())
+
+    def in_flight(self) -> list[EvalTask]:
+        return [t for _, t in self._busy.values()]
+
+    def submit(self, task: EvalTask) -> None:
+        free = self._free_actors()
+        if not free:
+            raise RuntimeError("no idle worker; check idle() before submit()")
+        i = free[0]
+        self._busy[self._actors[i].evaluate.remote(task)] = (i, task)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        ray = self._ray
+        if not self._busy:
+            if len(self._dead) == len(self._actors):
+                raise NoWorkersLeft("every Ray worker died and used up its restarts")
+            time.sleep(min(timeout, 0.05))
+            return []
+        ready, _ = ray.wait(list(self._busy), num_returns=len(self._busy), timeout=timeout)
+        out: list[Outcome] = []
+        for ref in ready:
+            i, task = self._busy.pop(ref)
+            try:
+                out.append(ray.get(ref, timeout=timeout))
+            except ray.exceptions.RayActorError as exc:  # the process died; Ray restarts it if it may
+                self._crashes[i] += 1
+                if self._crashes[i] > self._max_restarts:
+                    self._dead.add(i)
+                out.append(Crash(task=task, error=f"worker {i} died: {str(exc).splitlines()[0]}", worker=f"ray-{i}"))
+            except ray.exceptions.RayError as exc:  # the task itself raised past the evaluator's guard
+                out.append(Crash(task=task, error=f"worker {i}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                 worker=f"ray-{i}"))
+        if len(self._dead) == len(self._actors) and not self._busy:
+            raise NoWorkersLeft("every Ray worker died and used up its restarts")
+        return out
+
+    def close(self) -> None:
+        for a in self._actors:
+            try:
+                self._ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._busy.clear()
