@@ -42,7 +42,7 @@ def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, 
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     return _save(fig, path)
 
 
@@ -77,8 +77,11 @@ def category_plot(splits: dict[str, pd.DataFrame], path: Path, *, title: str) ->
         ax.set_ylabel("tag recall")
         ax.set_title(f"{name} split")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
-    if not panels:
+    if panels:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(5, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.13))
+    else:
         axes[0][0].text(0.5, 0.5, "no per-category scores recorded", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)

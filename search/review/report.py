@@ -41,9 +41,11 @@ def references(study: optuna.Study) -> dict[str, float]:
 def compared_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """The best trial followed by the baselines, labelled for legends and tables."""
     best = pick_trial(study, "best")
-    out = {f"best (#{best.number})": best}
+    tag = f", {best.user_attrs['baseline']}" if best.user_attrs.get("baseline") else ""
+    out = {f"best (#{best.number}{tag})": best}
     for label, trial in sorted(baselines(study).items()):
-        out[f"{label} (#{trial.number})"] = trial
+        if trial.number != best.number:  # a baseline can be the best; show it once
+            out[f"{label} (#{trial.number})"] = trial
     return out
 
 
@@ -77,7 +79,9 @@ def summary(study: optuna.Study) -> str:
     if len(parents):
         best_parent = parents[METRIC].max()
         frame["vs best parent"] = frame[METRIC] - best_parent
-    lines.append(frame.to_string(float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}"))
+    if "vs best parent" in frame:
+        frame["vs best parent"] = frame["vs best parent"].map(lambda v: f"{v:+.4f}")
+    lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     return "\n".join(lines)
 
 

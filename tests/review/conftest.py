@@ -1,0 +1,44 @@
+"""Fixtures: a run folder with a real SQLite study shaped as the search leaves it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from merge_core import Source
+from review_builder import build_run, standin_score
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def standin_run(tmp_path_factory) -> Path:
+    """A study with stand-in scores over three small source files (review code only reads the recipes)."""
+    root = tmp_path_factory.mktemp("standin")
+    sources = []
+    for name in ("base", "a", "b"):
+        path = root / "models" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"stand-in source {name}".encode())
+        sources.append(Source.from_path(path, name=name))
+    return build_run(root / "run", sources, standin_score)
+
+
+@pytest.fixture
+def run_copy(standin_run, tmp_path) -> Path:
+    """A private copy, for tests that write into the run folder."""
+    return Path(shutil.copytree(standin_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def test_artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
