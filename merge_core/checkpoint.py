@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .family import Family, detect_family
 from .hashing import file_sha256, short_hash
 from .keys import is_ema, normalise_key
-from .safetensors_file import TensorInfo, read_header
+from .safetensors_file import TensorInfo, read_header, tensor_bytes
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -42,6 +42,7 @@ class Checkpoint:
         *,
         format: str,
         byte_ranges: dict[str, TensorInfo] | None = None,
+        mapped: mmap.mmap | None = None,
     ):
         self.path = path
         self._raw = raw_keys  # normalised -> key in the file
@@ -51,6 +52,7 @@ class Checkpoint:
         self._reader = reader
         self.format = format  # "safetensors" | "pickle"
         self.byte_ranges = byte_ranges  # safetensors only: where each tensor's bytes lie in the file
+        self._mapped = mapped
 
     # -- keys -----------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -83,6 +85,19 @@ class Checkpoint:
     def tensor(self, key: str) -> torch.Tensor:
         """The tensor stored under ``key`` in its stored dtype (a read-only-by-convention view)."""
         return self._reader(self._raw[self._check(key)])
+
+    def raw_bytes(self, key: str) -> memoryview:
+        """The stored bytes of ``key`` (a view of the memory map for safetensors: no copy)."""
+        if self._mapped is not None and self.byte_ranges is not None:
+            info = self.byte_ranges[self._check(key)]
+            return memoryview(self._mapped)[info.start : info.end]
+        return tensor_bytes(self.tensor(key))
+
+    def file_order(self, keys: list[str]) -> list[str]:
+        """``keys`` sorted by where their bytes lie in the file, so reading them streams forwards."""
+        if self.byte_ranges is None:
+            return list(keys)
+        return sorted(keys, key=lambda k: self.byte_ranges[k].start)
 
     def _check(self, key: str) -> str:
         if key not in self._raw:
@@ -190,6 +205,7 @@ def _open_safetensors(path: Path) -> Checkpoint:
         read,
         format="safetensors",
         byte_ranges={k: infos[r] for k, r in raw_keys.items()},
+        mapped=mm,
     )
 
 

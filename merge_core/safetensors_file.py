@@ -105,9 +105,17 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 
 def build_header(
-    entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None
+    entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    metadata: Mapping[str, str] | None,
+    *,
+    size: int | None = None,
 ) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """Header bytes (padded to 8) and each key's (start, end) in the data section, in the given order."""
+    """Header bytes and each key's (start, end) in the data section, in the given order.
+
+    The JSON is space-padded to a multiple of 8, or to exactly ``size`` bytes in all (prefix
+    included) so that a header reserved before the data can be rewritten once the metadata
+    is final.
+    """
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -121,7 +129,12 @@ def build_header(
         offsets[key] = (pos, pos + nbytes)
         pos += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(len(raw) + 8) % 8)  # keep the data section 8-byte aligned
+    if size is None:
+        raw += b" " * (-(len(raw) + 8) % 8)  # keep the data section 8-byte aligned
+    elif len(raw) + 8 > size:
+        raise ValueError(f"header needs {len(raw) + 8} bytes but only {size} were reserved")
+    else:
+        raw += b" " * (size - 8 - len(raw))
     return struct.pack("<Q", len(raw)) + raw, offsets
 
 
@@ -207,3 +220,59 @@ def save_safetensors(
         for t in tensors.values():
             write_all(fd, tensor_bytes(t.cpu()))
     return out
+
+
+class StreamingWriter:
+    """Writes a safetensors file tensor by tensor, in the order of ``entries``.
+
+    The header's size is reserved before any data (with room for metadata that is only
+    known at the end, such as source hashes or error figures) and written by ``finish``.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        out: Path,
+        entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+        metadata: Mapping[str, str],
+        *,
+        reserve: int = 1 << 16,
+    ):
+        self.fd = fd
+        self.entries = dict(entries)
+        first, self.offsets = build_header(self.entries, metadata)
+        self.header_size = len(first) + reserve
+        self.header_size += -self.header_size % 8
+        self.total = self.header_size + sum(e - b for b, e in self.offsets.values())
+        preallocate(fd, self.total, out)
+        os.lseek(fd, self.header_size, os.SEEK_SET)
+        self._order = iter(self.entries)
+        self._key: str | None = None
+        self._left = 0
+
+    def begin(self, key: str) -> None:
+        if self._left:
+            raise RuntimeError(f"{self._key}: {self._left} bytes were not written")
+        expected = next(self._order)
+        if key != expected:
+            raise RuntimeError(f"wrote {key!r} where {expected!r} was planned")
+        self._key = key
+        b, e = self.offsets[key]
+        self._left = e - b
+
+    def write(self, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        if view.nbytes > self._left:
+            raise RuntimeError(f"{self._key}: more bytes than its shape holds")
+        write_all(self.fd, view)
+        self._left -= view.nbytes
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        self.begin(key)
+        self.write(data)
+
+    def finish(self, metadata: Mapping[str, str]) -> None:
+        if self._left or next(self._order, None) is not None:
+            raise RuntimeError("not every planned tensor was written")
+        header, _ = build_header(self.entries, metadata, size=self.header_size)
+        os.pwrite(self.fd, header, 0)

@@ -1,0 +1,191 @@
+"""Streaming merges: a Recipe in, a .safetensors out, one key at a time.
+
+Everything that can be checked before writing is checked first (families, keys, shapes,
+output path). Tensors are then combined chunk by chunk from the memory-mapped sources and
+written straight into a preallocated temporary file beside the output, which is renamed
+over the output only when complete. Source hashes are computed on a background thread
+while the merge runs and land in the header, which is written last.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import CheckpointError
+from .hashing import file_sha256
+from .layout import BlockLayout, layout_for
+from .maths import CHUNK, all_finite, combine_chunks
+from .provenance import merge_metadata
+from .recipe import Recipe
+from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
+
+OUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """How one output key is made: copied from one source, or combined from several."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    sources: tuple[int, ...]  # indices into the recipe's sources
+    coeffs: tuple[float, ...]  # () = copy the bytes of sources[0] unchanged
+
+
+class _Hasher(threading.Thread):
+    """sha256 of the sources, computed while the merge runs (hashlib releases the GIL)."""
+
+    def __init__(self, paths: list[Path]):
+        super().__init__(daemon=True, name="source-hashes")
+        self.paths = paths
+        self.hashes: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.hashes = [file_sha256(p) for p in self.paths]
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+    def result(self) -> list[str]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.hashes
+
+
+def open_sources(recipe: Recipe) -> list[Checkpoint]:
+    ckpts = [open_checkpoint(s.path) for s in recipe.sources]
+    for ckpt in ckpts:
+        if ckpt.family != recipe.family:
+            raise CheckpointError(
+                f"{ckpt.path}: is an {ckpt.family.value.upper()} checkpoint but this merge is "
+                f"{recipe.family.value.upper()}; merge models of one family only"
+            )
+    return ckpts
+
+
+def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | None = None) -> list[KeyPlan]:
+    """The output keys (in the first source's file order) and how each is made.
+
+    Refuses, naming the first offending key, when a source with a non-zero weight lacks a
+    key of the first source or holds it with another shape.
+    """
+    layout = layout or layout_for(recipe.family)
+    out_dtype = OUT_DTYPES[recipe.dtype]
+    coefficients = recipe.coefficients()
+    first = ckpts[0]
+    plans: list[KeyPlan] = []
+    keys = first.keys() + (first.ema_keys() if recipe.keep_ema else [])
+    for key in first.file_order(keys):
+        shape, dtype = first.shape(key), first.dtype(key)
+        block = layout.block_of(key)
+        if block is None or not dtype.is_floating_point:
+            plans.append(KeyPlan(key, dtype, shape, (0,), ()))  # not a weight: copied verbatim
+            continue
+        used = [(i, c) for i, c in enumerate(coefficients[block]) if c != 0.0]
+        for i, _ in used:
+            other = ckpts[i]
+            if key not in other:
+                raise CheckpointError(
+                    f"{other.path}: has no key {key!r} (block {block}) that {first.path.name} has; "
+                    f"use full checkpoints of one family, or give {block} a weight of 0 for this model"
+                )
+            if other.shape(key) != shape:
+                raise CheckpointError(
+                    f"{other.path}: key {key!r} has shape {other.shape(key)} but {first.path.name} has {shape}; "
+                    "these models are different architectures and cannot be merged"
+                )
+        if not used:  # all weights cancel: the block is zero
+            used = [(0, 0.0)]
+        if len(used) == 1 and used[0][1] == 1.0 and ckpts[used[0][0]].dtype(key) == out_dtype:
+            plans.append(KeyPlan(key, out_dtype, shape, (used[0][0],), ()))  # held from one model
+        else:
+            plans.append(KeyPlan(key, out_dtype, shape, tuple(i for i, _ in used), tuple(c for _, c in used)))
+    return plans
+
+
+def _nonfinite_error(plan: KeyPlan, ckpts: list[Checkpoint], out_dtype: torch.dtype) -> CheckpointError:
+    for i in plan.sources:
+        if not all_finite(ckpts[i].tensor(plan.key)):
+            return CheckpointError(
+                f"{ckpts[i].path}: key {plan.key!r} holds NaN or infinite values; the file is damaged — "
+                "re-download it, or merge with a weight of 0 for this model in that block"
+            )
+    return CheckpointError(
+        f"merged key {plan.key!r} overflows {str(out_dtype).removeprefix('torch.')}; use --dtype bf16 or fp32"
+    )
+
+
+def write_plans(
+    writer: StreamingWriter,
+    plans: list[KeyPlan],
+    ckpts: list[Checkpoint],
+    *,
+    progress: bool = True,
+    desc: str = "merging",
+) -> None:
+    """Stream every planned key into ``writer``."""
+    scratch = torch.empty(CHUNK)
+    out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
+    total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
+        for plan in plans:
+            writer.begin(plan.key)
+            if not plan.coeffs:
+                src = ckpts[plan.sources[0]]
+                if plan.dtype.is_floating_point and not all_finite(src.tensor(plan.key)):
+                    raise _nonfinite_error(plan, ckpts, plan.dtype)
+                writer.write(src.raw_bytes(plan.key))
+            else:
+                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+                chunks = combine_chunks(
+                    tensors, plan.coeffs, plan.dtype, scratch=scratch, out_scratch=out_scratch.get(plan.dtype)
+                )
+                for part in chunks:
+                    if not all_finite(part):
+                        raise _nonfinite_error(plan, ckpts, plan.dtype)
+                    writer.write(tensor_bytes(part))
+            bar.update(writer.offsets[plan.key][1] - writer.offsets[plan.key][0])
+
+
+def merge_to_file(
+    recipe: Recipe,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Merge ``recipe`` from its source files into the safetensors file ``out``."""
+    out = Path(out)
+    ckpts = open_sources(recipe)
+    if any(out.exists() and out.resolve() == c.path.resolve() for c in ckpts):
+        raise CheckpointError(f"{out}: is one of the sources; write the merge to a new file")
+    plans = plan_merge(recipe, ckpts)
+    pending = ["0" * 64] * len(ckpts)
+    entries = {p.key: (p.dtype, p.shape) for p in plans}
+    with atomic_output(out, overwrite=overwrite) as (fd, _tmp):
+        hasher = _Hasher([c.path for c in ckpts])
+        hasher.start()
+        writer = StreamingWriter(
+            fd, out, entries, {**merge_metadata(recipe, ckpts, pending), **(extra_metadata or {})}
+        )
+        write_plans(writer, plans, ckpts, progress=progress)
+        hashes = hasher.result()
+        for src, sha, ckpt in zip(recipe.sources, hashes, ckpts, strict=True):
+            if src.sha256 and src.sha256 != sha:
+                raise CheckpointError(
+                    f"{ckpt.path}: sha256 {sha[:10]} differs from the recipe's {src.sha256[:10]}; "
+                    "the file changed since the recipe was made — point the recipe at the original file"
+                )
+        writer.finish({**merge_metadata(recipe, ckpts, hashes), **(extra_metadata or {})})
+    return out
