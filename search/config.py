@@ -69,12 +69,14 @@ class SpaceSpec(_Frozen):
 
 
 class RenderSpec(_Frozen):
+    """benchmark.RenderSettings fields; None keeps the renderer's default (e.g. the family's native size)."""
+
+    scheduler: str | None = None
     steps: int = Field(default=20, ge=1)
-    guidance: float = Field(default=7.0, ge=0)
+    cfg: float = Field(default=7.0, ge=0)
     width: int | None = Field(default=None, ge=8)
     height: int | None = Field(default=None, ge=8)
-    scheduler: str | None = None
-    batch_size: int = Field(default=4, ge=1)
+    clip_skip: int | None = Field(default=None, ge=1)
 
 
 class ObjectiveSpec(_Frozen):
@@ -85,7 +87,8 @@ class ObjectiveSpec(_Frozen):
     m: int = Field(default=3, ge=1, description="tags per prompt")
     seed: int = 0
     tagger: str = "toyworld"
-    tagger_path: str | None = None
+    tagger_options: dict[str, Any] = Field(default_factory=dict)  # passed to the tagger (e.g. weights path)
+    batch_size: int = Field(default=8, ge=1, description="prompts per render batch (one pruning step)")
     negative_penalty: float = Field(default=0.0, ge=0)
     render: RenderSpec = Field(default_factory=RenderSpec)
 

@@ -47,8 +47,7 @@ def resolve_model_path(config: SearchConfig, path: str) -> Path:
 
 
 def build_prompt_set(config: SearchConfig) -> Any:
-    from benchmark.prompts import load_prompt_set, make_prompt_set
-    from benchmark.vocabulary import load_vocabulary
+    from benchmark import load_prompt_set, load_vocabulary, make_prompt_set
 
     o = config.objective
     if o.prompts is not None:
@@ -92,6 +91,7 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
         prompt_set = build_prompt_set(config)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"objective: {exc}") from None
+    check_objective(config)
     if config.workers.backend == "local" and config.workers.count != 1:
         raise ConfigError("workers.count: the local backend runs one in-process worker; use backend: ray for more")
     try:
@@ -104,6 +104,25 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
                     prompt_set=prompt_set, storage=storage, evaluator=evaluator)
 
 
+def check_objective(config: SearchConfig) -> None:
+    """Renderer config, tagger name and render settings, checked in the driver before workers start."""
+    from benchmark import TAGGERS, RenderSettings
+    from benchmark.renderer import resolve_config
+
+    o = config.objective
+    if o.tagger not in TAGGERS:
+        raise ConfigError(f"objective.tagger: unknown tagger {o.tagger!r}; choose one of {', '.join(sorted(TAGGERS))}")
+    try:
+        RenderSettings(**{k: v for k, v in o.render.model_dump().items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(f"objective.render: {str(exc).splitlines()[0]}") from None
+    if config.renderer is not None:
+        try:
+            resolve_config(config.renderer)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"renderer: {exc}") from None
+
+
 def default_evaluator(config: SearchConfig, family: str, sources: list[Any], prompt_set: Any) -> EvaluatorSpec:
     o = config.objective
     return EvaluatorSpec(
@@ -114,8 +133,9 @@ def default_evaluator(config: SearchConfig, family: str, sources: list[Any], pro
             "sources": [s.path for s in sources],
             "prompt_set": prompt_set.model_dump_json(),
             "tagger": o.tagger,
-            "tagger_path": str(config.resolve(o.tagger_path)) if o.tagger_path else None,
+            "tagger_options": dict(o.tagger_options),
             "render": o.render.model_dump(),
+            "batch_size": o.batch_size,
             "device": config.workers.device,
         },
     )

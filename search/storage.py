@@ -30,7 +30,7 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def check_storage(url: str, *, timeout: float = 5.0) -> None:
+def check_storage(url: str, *, timeout: float = 5.0, must_exist: bool = False) -> None:
     """Connect once, quickly, so a wrong URL fails before any worker starts."""
     try:
         parsed = make_url(url)
@@ -40,6 +40,8 @@ def check_storage(url: str, *, timeout: float = 5.0) -> None:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = sqlite_path(url)
+        if must_exist and not path.is_file():
+            raise StorageError(f"storage {url!r}: no such SQLite file {path}; is the run folder right?")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(path, timeout=timeout) as con:
@@ -64,8 +66,8 @@ def check_storage(url: str, *, timeout: float = 5.0) -> None:
         engine.dispose()
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    check_storage(url)
+def make_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+    check_storage(url, must_exist=must_exist)
     if make_url(url).get_backend_name() == "sqlite":
         kwargs = {"connect_args": {"timeout": 60}}
     else:  # long searches outlive idle connections: test each one before use

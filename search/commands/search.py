@@ -1,0 +1,117 @@
+"""`mergesearch search CONFIG`: run (or resume) a merge search and print the closing table."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "search",
+        help="search per-block merge weights that beat the parents (resumable)",
+        description="Run a merge search from a YAML config. Running the same command again resumes the study: "
+                    "trials left RUNNING by a stopped driver are retried and baselines are not repeated. "
+                    "Ctrl-C stops after re-enqueuing the trials in flight.",
+    )
+    p.add_argument("config", type=Path, help="search config (YAML), e.g. configs/toyworld.yaml")
+    p.add_argument("--trials", type=int, help="override budget.trials (total trials of the study)")
+    p.add_argument("--hours", type=float, help="override budget.hours (wall time of this run)")
+    p.add_argument("--workers", type=int, help="override workers.count")
+    p.add_argument("--backend", choices=("local", "ray"), help="override workers.backend")
+    p.add_argument("--sampler", help="override the sampler (auto, tpe, cmaes, random)")
+    p.add_argument("--seed", type=int, help="override the sampler seed")
+    p.add_argument("--name", help="override the run name (runs/<name>)")
+    p.add_argument("--storage", help="override the storage URL (sqlite:///... or postgresql+psycopg://...)")
+    p.add_argument("--runs-dir", help="override the folder run folders are made in (default runs)")
+    p.add_argument("--fork", action="store_true",
+                   help="the stored study has another space or benchmark: start a new study beside it")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.set_defaults(handler=run)
+    return p
+
+
+OVERRIDES = {"trials": "budget.trials", "hours": "budget.hours", "workers": "workers.count",
+             "backend": "workers.backend", "sampler": "sampler", "seed": "seed", "name": "name",
+             "storage": "storage", "runs_dir": "runs_dir"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.config import ConfigError, load_config
+    from search.progress import LiveView
+    from search.results import format_table, result_rows
+    from search.runner import prepare, run_search
+    from search.study import StudyMismatchError
+    from search.workers import NoWorkersLeft
+
+    overrides = {key: getattr(args, arg) for arg, key in OVERRIDES.items() if getattr(args, arg, None) is not None}
+    t0 = time.time()
+    try:
+        config = load_config(args.config, overrides=overrides)
+        prepared = prepare(config, config_text=args.config.read_text())
+    except ConfigError as exc:
+        print(f"mergesearch search: {exc}", file=sys.stderr)
+        return 2
+    view = None if args.quiet else LiveView(budget_trials=config.budget.trials, budget_hours=config.budget.hours)
+    holder: dict = {}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: stop now
+        loop = holder.get("loop")
+        if loop is None or holder.get("stopping"):
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        holder["stopping"] = True
+        print("\nstopping: trials in flight are re-enqueued for the next run (Ctrl-C again to abort)",
+              file=sys.stderr)
+        loop.request_stop("interrupted")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    w = config.workers
+    print(f"search {config.name}: {len(prepared.sources)} models ({prepared.family}), "
+          f"{len(prepared.space.dimensions())} dimensions, sampler {config.sampler}, "
+          f"{w.count} {w.backend} worker(s), storage {prepared.config.storage_url}", file=sys.stderr)
+    try:
+        result = run_search(prepared, fork=args.fork, on_update=view, on_loop=lambda loop: holder.update(loop=loop))
+    except StudyMismatchError as exc:
+        print(f"mergesearch search: {exc}", file=sys.stderr)
+        return 2
+    except NoWorkersLeft as exc:
+        print(f"mergesearch search: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if view:
+            view.close()
+        _shutdown_ray(w.backend)
+    stats = result.stats
+    trials = result.study.get_trials(deepcopy=False)
+    opened = result.opened
+    resumed = "" if opened.created else f" (resumed; {len(opened.recovered)} stale trial(s) re-enqueued)"
+    print(f"\nstudy {result.info.study_name}{resumed}: {len(trials)} trials stored, this run: "
+          f"{stats.complete} complete, {stats.pruned} pruned, {stats.failed} failed, {stats.retried} retried "
+          f"in {time.time() - t0:.0f} s")
+    if stats.pruned:
+        share = stats.saved_seconds / max(stats.render_seconds + stats.saved_seconds, 1e-9)
+        print(f"pruning saved {stats.saved_seconds:.0f} s of rendering ({share:.0%} of the render time)")
+    print(format_table(result_rows(trials)))
+    print(f"run folder: {Path(result.info.config_path).parent}  (mergesearch status / report / export)")
+    return 130 if stats.stopped == "interrupted" else 0
+
+
+def _shutdown_ray(backend: str) -> None:
+    if backend != "ray":
+        return
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
