@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict
 
-from search.review.provenance import provenance, provenance_metadata
+from merge_core import file_sha256, merge_to_file, repair_to_file
+from merge_core.safetensors_file import atomic_output, build_header, read_header, write_all
+from search.review.provenance import PROVENANCE_KEY, provenance, provenance_metadata
 from search.review.run import ReviewError, RunFolder
 from search.review.trials import pick_trial, trial_recipe
 
@@ -34,8 +35,6 @@ def check_sources(recipe, relocate: dict[str, Path] | None = None):
     A source whose sha256 differs from the one recorded at search time would silently give a
     different model than the one that was scored, so it is refused.
     """
-    from merge_core import file_sha256
-
     relocate = dict(relocate or {})
     names = [s.name for s in recipe.sources]
     unknown = sorted(set(relocate) - set(names))
@@ -48,6 +47,11 @@ def check_sources(recipe, relocate: dict[str, Path] | None = None):
             raise ReviewError(
                 f"source {source.name!r}: {path} not found (moved or deleted); put it back or pass "
                 f"--source {source.name}=NEW_PATH"
+            )
+        if not source.sha256:
+            raise ReviewError(
+                f"source {source.name!r}: the trial's recipe records no sha256, so it cannot be checked that "
+                f"{path} is the file the search scored; export it with `mergesearch merge --recipe` instead"
             )
         digest = file_sha256(path)
         if digest != source.sha256:
@@ -82,8 +86,6 @@ def export_trial(
     progress: bool = True,
 ) -> ExportResult:
     """Replay a completed trial's recipe through merge_core's streaming writer, atomically."""
-    from merge_core import merge_to_file, repair_to_file
-
     out = Path(out)
     study = run.open_study()
     chosen = pick_trial(study, trial)
@@ -100,22 +102,39 @@ def export_trial(
 
     repair_with = Path(repair_with)
     if not repair_with.is_file():
-        raise ReviewError(f"--repair-with {repair_with}: no such file")
-    # The merged model is A of the contact merge; it goes to a temporary name beside the output.
+        raise ReviewError(f"--repair-with {repair_with}: no such file; give the checkpoint to repair toward")
+    record = json.loads(metadata[PROVENANCE_KEY])
+    record["repair"] = {"with": str(repair_with), "sha256": file_sha256(repair_with), "rank": rank}
+    metadata = {**metadata, PROVENANCE_KEY: json.dumps(record, sort_keys=True, separators=(",", ":")),
+                "mergesearch.repair": json.dumps(record["repair"], sort_keys=True)}
+    # The merge is A of the contact merge A + rank-r(B - A): fp32 scratch files beside the output,
+    # then the repaired tensors are restamped with the merge's metadata plus the repair.
     merged = out.with_name(f".{out.stem}.merged.tmp.safetensors")
+    repaired = out.with_name(f".{out.stem}.repaired.tmp.safetensors")
     try:
-        merge_to_file(recipe.model_copy(update={"dtype": "fp32"}), merged, overwrite=True, progress=progress,
-                      extra_metadata=metadata)
-        record = json.loads(metadata["mergesearch.provenance"])
-        record["repair"] = {"with": str(repair_with), "rank": rank}
-        repair_meta = {**metadata, "mergesearch.provenance": json.dumps(record, sort_keys=True, separators=(",", ":")),
-                       "mergesearch.repair": json.dumps(record["repair"])}
-        repair_to_file(merged, repair_with, out, rank=rank, dtype=recipe.dtype, overwrite=overwrite,
-                       progress=progress, extra_metadata=repair_meta)
+        merge_to_file(recipe.model_copy(update={"dtype": "fp32"}), merged, overwrite=True, progress=progress)
+        repair_to_file(merged, repair_with, repaired, rank=rank, dtype=recipe.dtype, overwrite=True,
+                       progress=progress)
+        merge_meta = read_header(merged)[1]
+        restamp(repaired, out, {**merge_meta, **read_header(repaired)[1], **metadata}, overwrite=overwrite)
     finally:
-        if merged.exists():
-            os.unlink(merged)
+        merged.unlink(missing_ok=True)
+        repaired.unlink(missing_ok=True)
     return _result(out, study, chosen, recipe.dtype, repair_with)
+
+
+def restamp(src: Path, out: Path, metadata: dict[str, str], *, overwrite: bool = False) -> Path:
+    """Copy a safetensors file with new metadata: the tensor bytes are copied verbatim, atomically."""
+    infos, _ = read_header(src)
+    ordered = sorted(infos.items(), key=lambda kv: kv[1].start)
+    header, _ = build_header({k: (i.dtype, i.shape) for k, i in ordered}, metadata)
+    data_start = ordered[0][1].start if ordered else 0
+    with atomic_output(out, overwrite=overwrite) as (fd, _tmp), open(src, "rb") as f:
+        write_all(fd, header)
+        f.seek(data_start)
+        while chunk := f.read(8 << 20):
+            write_all(fd, chunk)
+    return out
 
 
 def _result(out: Path, study: optuna.Study, trial: FrozenTrial, dtype: str, repaired: Path | None = None):

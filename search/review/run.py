@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.engine import make_url
+
+from search.rundir import RunError, read_run
+from search.storage import StorageError, make_storage, sqlite_path
 
 
 class ReviewError(ValueError):
@@ -15,7 +18,7 @@ class ReviewError(ValueError):
 
 
 class RunFolder(BaseModel):
-    """What run.json says about a run, with paths resolved against the run folder."""
+    """What run.json says about a run (paths already followed if the folder moved)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -25,31 +28,32 @@ class RunFolder(BaseModel):
     artifact_dir: Path
     config_path: Path | None = None
 
-    def open_storage(self) -> optuna.storages.BaseStorage:
-        kwargs = {"pool_pre_ping": True} if self.storage.startswith("postgresql") else {}
-        return optuna.storages.RDBStorage(self.storage, engine_kwargs=kwargs)
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    def open_storage(self) -> optuna.storages.RDBStorage:
+        if make_url(self.storage).get_backend_name() == "sqlite":
+            db = sqlite_path(self.storage)
+            if not db.is_file():
+                # Opening would create an empty database; say what is missing instead.
+                raise ReviewError(
+                    f"{self.run_json}: storage {db} does not exist, so this run has no study yet; "
+                    "run `mergesearch search` for it first or fix the 'storage' key"
+                )
+        try:
+            return make_storage(self.storage)
+        except StorageError as exc:
+            raise ReviewError(f"{self.run_json}: {exc}") from None
 
     def open_study(self) -> optuna.Study:
         """Load the study; a missing study is a ReviewError naming run.json."""
-        prefix = "sqlite:///"
-        if self.storage.startswith(prefix) and not Path(self.storage[len(prefix):]).is_file():
-            # Opening would silently create an empty database; say what is missing instead.
-            raise ReviewError(
-                f"{self.root / 'run.json'}: storage {self.storage} does not exist, so this run has no "
-                "study yet; run `mergesearch search` for it first or fix the 'storage' key"
-            )
-        try:
-            storage = self.open_storage()
-            names = [s.study_name for s in storage.get_all_studies()]
-        except Exception as exc:  # SQLAlchemy/driver errors vary by backend
-            raise ReviewError(
-                f"{self.root / 'run.json'}: cannot open storage {self.storage!r} ({exc}); "
-                "check the 'storage' key or start the database"
-            ) from exc
+        storage = self.open_storage()
+        names = [s.study_name for s in storage.get_all_studies()]
         if self.study_name not in names:
             found = ", ".join(names) or "none"
             raise ReviewError(
-                f"{self.root / 'run.json'}: study {self.study_name!r} not found in {self.storage} "
+                f"{self.run_json}: study {self.study_name!r} not found in {self.storage} "
                 f"(studies there: {found}); run `mergesearch search` for this run first "
                 "or fix the 'study_name' key"
             )
@@ -58,53 +62,23 @@ class RunFolder(BaseModel):
     def artifact_store(self) -> FileSystemArtifactStore:
         if not self.artifact_dir.is_dir():
             raise ReviewError(
-                f"{self.root / 'run.json'}: artifact_dir {self.artifact_dir} does not exist; "
-                "fix the 'artifact_dir' key"
+                f"{self.run_json}: artifact_dir {self.artifact_dir} does not exist; fix the 'artifact_dir' key"
             )
         return FileSystemArtifactStore(str(self.artifact_dir))
 
 
-def _resolve(root: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    # run.json is written by `mergesearch search`; relative paths may be relative to the
-    # run folder or to the directory the search was started from.
-    inside = root / path
-    return inside if inside.exists() or not path.exists() else path.resolve()
-
-
-def _resolve_storage(root: Path, url: str) -> str:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(_resolve(root, url[len(prefix):]))
-    return url
-
-
 def load_run(path: str | Path) -> RunFolder:
-    """Read runs/<name>/run.json (the folder or the file itself)."""
+    """Read runs/<name>/run.json (the folder or the file itself), as `mergesearch search` wrote it."""
     path = Path(path)
-    run_json = path / "run.json" if path.is_dir() else path
-    if not run_json.is_file():
-        raise ReviewError(
-            f"{run_json}: no run.json here; pass a run folder made by `mergesearch search` "
-            "(runs/<name>/) or its run.json"
-        )
-    root = run_json.parent
     try:
-        data = json.loads(run_json.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReviewError(f"{run_json}: not valid JSON ({exc}); rewrite or restore the file") from exc
-    for key in ("study_name", "storage", "artifact_dir"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ReviewError(f"{run_json}: key {key!r} missing or empty; add it (see docs/ARCHITECTURE.md)")
-    try:
-        return RunFolder(
-            root=root,
-            study_name=data["study_name"],
-            storage=_resolve_storage(root, data["storage"]),
-            artifact_dir=_resolve(root, data["artifact_dir"]),
-            config_path=_resolve(root, data["config_path"]) if data.get("config_path") else None,
-        )
-    except ValidationError as exc:
-        raise ReviewError(f"{run_json}: {exc}") from exc
+        info = read_run(path)
+    except RunError as exc:
+        raise ReviewError(str(exc)) from None
+    root = path if path.is_dir() else path.parent
+    return RunFolder(
+        root=root,
+        study_name=info.study_name,
+        storage=info.storage,
+        artifact_dir=Path(info.artifact_dir),
+        config_path=Path(info.config_path) if info.config_path else None,
+    )

@@ -42,3 +42,33 @@ def run_copy(standin_run, tmp_path) -> Path:
 def test_artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def toy_sources(tmp_path_factory) -> list[Path]:
+    """Three small real checkpoints in the SD1 single-file layout (toy-world architecture, random weights)."""
+    from benchmark.toyworld.checkpoint_io import random_checkpoint
+
+    folder = tmp_path_factory.mktemp("toy-sources")
+    return [random_checkpoint(folder / f"{name}.safetensors", seed=i, dtype=torch.float32)
+            for i, name in enumerate(("base", "a", "b"))]
+
+
+@pytest.fixture
+def export_run(toy_sources, tmp_path) -> Path:
+    """A run whose recipes point at private copies of real checkpoints (tests may move or modify them)."""
+    sources = []
+    for path in toy_sources:
+        copy = tmp_path / "models" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(path, copy)
+        sources.append(Source.from_path(copy, name=path.stem))
+    return build_run(tmp_path / "run", sources, standin_score, n_sampled=2)
+
+
+@pytest.fixture(scope="session")
+def export_run_shared(toy_sources, tmp_path_factory) -> Path:
+    """Like export_run, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("export-shared")
+    sources = [Source.from_path(p, name=p.stem) for p in toy_sources]
+    return build_run(root / "run", sources, standin_score, n_sampled=2)

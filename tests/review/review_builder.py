@@ -5,6 +5,7 @@ as artifacts. Scores come from the caller: stand-ins for the review code, or rea
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def build_run(
         "study_name": STUDY, "storage": storage, "artifact_dir": "artifacts", "config_path": "config.yaml",
     }))
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
-    study.set_metric_names(["tag_recall"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["tag_recall"])
     config = config or {"name": STUDY, "objective": {"vocabulary": "toyworld", "n": 8, "m": 3, "seed": 0,
                                                      "tagger": "toyworld"}}
     attrs = {

@@ -23,24 +23,23 @@ def _write_run(folder, **overrides):
     return folder
 
 
-def test_relative_paths_resolve_inside_the_run_folder(tmp_path):
-    folder = _write_run(tmp_path / "r", storage="sqlite:///study.db")
+def test_a_moved_run_folder_finds_its_own_study_and_artifacts(tmp_path):
+    folder = _write_run(tmp_path / "r", storage="sqlite:////elsewhere/study.db", artifact_dir="/elsewhere/art")
     (folder / "artifacts").mkdir()
-    (folder / "study.db").touch()
+    optuna.create_study(study_name="demo", storage=f"sqlite:///{folder / 'study.db'}")
     run = load_run(folder / "run.json")
-    assert run.artifact_dir == folder / "artifacts"
-    assert run.storage == f"sqlite:///{folder / 'study.db'}"
-    assert run.config_path == folder / "config.yaml"
+    assert run.artifact_dir == (folder / "artifacts").resolve()
+    assert run.open_study().study_name == "demo"
 
 
 def test_folder_without_run_json(tmp_path):
-    with pytest.raises(ReviewError, match=r"no run.json here.*mergesearch search"):
+    with pytest.raises(ReviewError, match=r"not a run folder \(no run.json\).*mergesearch search"):
         load_run(tmp_path)
 
 
 def test_run_json_missing_a_key(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"study_name": "x", "artifact_dir": "a"}))
-    with pytest.raises(ReviewError, match=r"run.json: key 'storage' missing"):
+    with pytest.raises(ReviewError, match=r"run.json: unreadable run.json"):
         load_run(tmp_path)
 
 
