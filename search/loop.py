@@ -108,8 +108,8 @@ class SearchLoop:
         try:
             while not self._stop:
                 self._fill()
-                if not self.pool.in_flight():
-                    break
+                if not self.pool.in_flight() and self.pool.idle() > 0:
+                    break  # idle workers and nothing left to give them (no idle worker = restarting)
                 for outcome in self.pool.poll(self.options.poll_seconds):
                     self._handle(outcome)
                 self.stats.running = len(self._flights)

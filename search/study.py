@@ -45,6 +45,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str) -> None:
 def fail_running(study: optuna.Study, trial: FrozenTrial, *, reason: str, retry: bool, detail: str = "") -> None:
     """Fail a RUNNING trial; with retry, enqueue its params again (reason: crash|interrupted|driver)."""
     storage = study._storage
+    retry = retry and bool(fixed_params(trial))  # died before its params were drawn: nothing to repeat
     if retry:
         storage.set_trial_user_attr(trial._trial_id, "requeued", True)
     storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{reason}: {detail}" if detail else reason)

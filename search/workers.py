@@ -139,6 +139,7 @@ class RayPool:
         self._busy: dict[Any, tuple[int, EvalTask]] = {}  # ref -> (actor index, task)
         self._dead: set[int] = set()
         self._crashes = [0] * count
+        self._recovering: dict[Any, int] = {}  # ping ref -> actor index (restarting after a crash)
         self._max_restarts = max_restarts
         # Wait for every actor to have built its evaluator (sources loaded) before the clock starts.
         refs = [a.pid.remote() for a in self._actors]
@@ -146,12 +147,12 @@ class RayPool:
         if not_ready:
             raise NoWorkersLeft(f"{len(not_ready)} of {count} Ray workers did not start within {ready_timeout:.0f} s")
         try:
-            self.pids = ray.get(ready, timeout=ready_timeout)
+            self.pids = ray.get(refs, timeout=ready_timeout)
         except Exception as exc:  # noqa: BLE001
             raise NoWorkersLeft(f"a Ray worker failed to start: {exc}") from None
 
     def _free_actors(self) -> list[int]:
-        busy = {i for i, _ in self._busy.values()}
+        busy = {i for i, _ in self._busy.values()} | set(self._recovering.values())
         return [i for i in range(len(self._actors)) if i not in busy and i not in self._dead]
 
     def idle(self) -> int:
@@ -169,21 +170,24 @@ class RayPool:
 
     def poll(self, timeout: float) -> list[Outcome]:
         ray = self._ray
-        if not self._busy:
+        if not self._busy and not self._recovering:
             if len(self._dead) == len(self._actors):
                 raise NoWorkersLeft("every Ray worker died and used up its restarts")
             time.sleep(min(timeout, 0.05))
             return []
-        ready, _ = ray.wait(list(self._busy), num_returns=len(self._busy), timeout=timeout)
+        waiting = list(self._busy) + list(self._recovering)
+        ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=timeout)
         out: list[Outcome] = []
         for ref in ready:
+            if ref in self._recovering:
+                self._recovered(ref)
+                continue
             i, task = self._busy.pop(ref)
             try:
                 out.append(ray.get(ref, timeout=timeout))
             except ray.exceptions.RayActorError as exc:  # the process died; Ray restarts it if it may
                 self._crashes[i] += 1
-                if self._crashes[i] > self._max_restarts:
-                    self._dead.add(i)
+                self._after_crash(i)
                 out.append(Crash(task=task, error=f"worker {i} died: {str(exc).splitlines()[0]}", worker=f"ray-{i}"))
             except ray.exceptions.RayError as exc:  # the task itself raised past the evaluator's guard
                 out.append(Crash(task=task, error=f"worker {i}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
@@ -191,6 +195,21 @@ class RayPool:
         if len(self._dead) == len(self._actors) and not self._busy:
             raise NoWorkersLeft("every Ray worker died and used up its restarts")
         return out
+
+    def _after_crash(self, i: int) -> None:
+        """No task goes to a crashed actor until Ray has restarted it and it answers a ping."""
+        if self._crashes[i] > self._max_restarts:
+            self._dead.add(i)
+        else:
+            self._recovering[self._actors[i].pid.remote()] = i
+
+    def _recovered(self, ref: Any) -> None:
+        i = self._recovering.pop(ref)
+        try:
+            self.pids[i] = self._ray.get(ref, timeout=10)
+        except self._ray.exceptions.RayError:
+            self._crashes[i] += 1
+            self._after_crash(i)
 
     def close(self) -> None:
         for a in self._actors:

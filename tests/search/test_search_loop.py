@@ -1,7 +1,6 @@
 """The study/loop machinery end to end with the in-process worker and a stand-in evaluator whose
 score is a known function of the recipe (the real renderer is exercised in test_search_toyworld)."""
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 from search_fakes import score_of
@@ -10,7 +9,7 @@ from search_helpers import search_config
 from merge_core import Recipe
 from search.config import parse_config
 from search.runner import prepare, run_search
-from search.study import StudyMismatchError, finished_count
+from search.study import finished_count
 from search.workers import EvaluatorSpec
 
 
@@ -91,30 +90,3 @@ def test_crash_fails_trial_and_retries_it_once(tmp_path, tiny_models):
         assert not retry.user_attrs.get("requeued")
         assert retry.user_attrs.get("baseline") == t.user_attrs.get("baseline")
     assert finished_count(result.study) == 10
-
-
-def test_resume_continues_and_config_guard(tmp_path, tiny_models):
-    _, first = run(tmp_path, tiny_models, budget={"trials": 6})
-    study = first.study
-    # a driver that died mid-trial leaves a RUNNING trial behind
-    orphan = study.ask()
-    prepared = prepare(parse_config(search_config(tmp_path, tiny_models)), evaluator=fake())
-    assert orphan.number == 6
-    second = run_search(prepared)
-    trials = second.study.get_trials()
-    assert second.opened.recovered == [6] and second.opened.enqueued_baselines == []
-    assert trials[6].state == TrialState.FAIL and trials[6].user_attrs["requeued"]
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert finished_count(second.study) == 12 and len(trials) == 13
-    assert sorted(t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs) == \
-        ["parent:a", "parent:b", "parent:base", "uniform"]
-    # a different space may not resume the same study ...
-    other = parse_config(search_config(tmp_path, tiny_models, space={"default_bounds": [-0.5, 1.5]}))
-    with pytest.raises(StudyMismatchError, match="--fork"):
-        run_search(prepare(other, evaluator=fake()))
-    # ... unless forked: a new study beside it, baselines again
-    forked = run_search(prepare(other, evaluator=fake()), fork=True)
-    assert forked.study.study_name == f"t.{other.config_hash[:8]}"
-    assert len(forked.study.get_trials()) == 12
-    names = {s.study_name for s in optuna.get_all_study_summaries(prepared.storage)}
-    assert names == {"t", forked.study.study_name}

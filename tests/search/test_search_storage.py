@@ -1,0 +1,89 @@
+"""One storage contract, run against SQLite (WAL) and the real PostgreSQL server on 127.0.0.1."""
+
+import sqlite3
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from search_helpers import search_config
+
+from search.config import parse_config
+from search.runner import prepare, run_search
+from search.storage import StorageError, check_storage
+from search.study import StudyMismatchError, finished_count
+from search.workers import EvaluatorSpec
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_up() -> bool:
+    try:
+        check_storage(POSTGRES, timeout=2)
+        return True
+    except StorageError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+        return
+    if not _postgres_up():
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    yield POSTGRES
+
+
+@pytest.fixture
+def study_name(storage_url):
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    for s in optuna.get_all_study_summaries(storage_url, include_best_trial=False):
+        if s.study_name.startswith(name):
+            optuna.delete_study(study_name=s.study_name, storage=storage_url)
+
+
+def fake():
+    return EvaluatorSpec(factory="search_fakes:FakeEvaluator")
+
+
+def test_resume_recovers_stale_trials_and_guards_the_config(tmp_path, tiny_models, storage_url, study_name):
+    def config(**over):
+        return parse_config(search_config(tmp_path, tiny_models, name=study_name, storage=storage_url, **over))
+
+    prepared = prepare(config(budget={"trials": 6}), evaluator=fake())
+    first = run_search(prepared)
+    assert finished_count(first.study) == 6
+    orphan = first.study.ask()  # a driver that died mid-trial leaves a RUNNING trial behind
+    orphan.suggest_float("IN.a", 0.0, 1.0)
+    assert orphan.number == 6
+    second = run_search(prepare(config(), evaluator=fake()))
+    trials = second.study.get_trials()
+    assert second.opened.recovered == [6] and second.opened.enqueued_baselines == []
+    assert trials[6].state == TrialState.FAIL and trials[6].user_attrs["requeued"]
+    assert trials[7].user_attrs["retry_of"] == 6 and trials[7].params["IN.a"] == trials[6].params["IN.a"]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert finished_count(second.study) == 12 and len(trials) == 13
+    assert sorted(t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs) == \
+        ["parent:a", "parent:b", "parent:base", "uniform"]
+    # user attrs round-trip through the backend
+    best = second.study.best_trial
+    assert set(best.user_attrs) >= {"recipe", "categories", "render_seconds", "worker"}
+    assert second.study.user_attrs["config_hash"] == config().config_hash
+    # another space may not resume the same study ...
+    other = config(space={"default_bounds": [-0.5, 1.5]})
+    with pytest.raises(StudyMismatchError, match="--fork"):
+        run_search(prepare(other, evaluator=fake()))
+    # ... unless forked: a new study beside it, with its own baselines
+    forked = run_search(prepare(other, evaluator=fake()), fork=True)
+    assert forked.study.study_name == f"{study_name}.{other.config_hash[:8]}"
+    assert len(forked.study.get_trials()) == 12
+    assert forked.study.user_attrs["forked_from"] == study_name
+
+
+def test_sqlite_is_in_wal_mode(tmp_path, tiny_models):
+    cfg = parse_config(search_config(tmp_path, tiny_models, budget={"trials": 4}))
+    run_search(prepare(cfg, evaluator=fake()))
+    with sqlite3.connect(tmp_path / "runs" / "t" / "study.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
