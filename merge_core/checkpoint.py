@@ -238,15 +238,13 @@ def _open_pickle(path: Path) -> Checkpoint:
     try:
         obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        detail = _unpickler_detail(exc)
+        if "GLOBAL" in detail or "global" in detail:
             raise CheckpointError(
                 f"{path}: refused: this pickle needs more than tensors to load and could run code "
-                "(weights-only loading rejected it); get a .safetensors version, or convert it only "
-                "if you trust its source"
+                f"({detail}); get a .safetensors version, or convert it only if you trust its source"
             ) from None
-        raise CheckpointError(
-            f"{path}: not a checkpoint or truncated ({_first_line(exc)}); re-download it"
-        ) from None
+        raise CheckpointError(f"{path}: not a checkpoint or truncated ({detail}); re-download it") from None
     except Exception as exc:  # zip, EOF and unpickler errors all mean the same thing to the user
         raise CheckpointError(
             f"{path}: not a checkpoint or truncated ({_first_line(exc)}); re-download it"
@@ -262,6 +260,16 @@ def _open_pickle(path: Path) -> Checkpoint:
         lambda raw: tensors[raw],
         format="pickle",
     )
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The useful line of torch's weights-only refusal ("... unsupported GLOBAL posix.system ...")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for marker in ("GLOBAL", "global", "Unsupported"):
+        for ln in lines:
+            if marker in ln and not ln.startswith("Weights only load failed"):
+                return ln[:200]
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

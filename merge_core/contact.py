@@ -92,6 +92,8 @@ def contact_merge(
     if a.dim() < 2:
         return bf.clone(), None, False
     d = (bf - af).reshape(a.shape[0], -1)
+    if rank >= min(d.shape):  # the truncation keeps all of D: the result is B (exactly, not A + (B - A))
+        return bf.clone(), 0.0, False
     dr, randomized = low_rank(d, rank, exact=exact)
     norm = float(torch.linalg.vector_norm(d))
     residual = float(torch.linalg.vector_norm(d - dr)) / norm if norm > 0 else 0.0
@@ -180,4 +182,3 @@ def effective_rank_error(d: torch.Tensor, rank: int) -> float:
     """Optimal relative residual of a rank-r truncation (Eckart-Young), for measuring the randomised SVD."""
     s = torch.linalg.svdvals(d)
     return math.sqrt(float((s[rank:] ** 2).sum()) / float((s**2).sum()))
-

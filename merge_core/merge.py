@@ -9,6 +9,7 @@ while the merge runs and land in the header, which is written last.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -134,6 +135,24 @@ def write_plans(
     desc: str = "merging",
 ) -> None:
     """Stream every planned key into ``writer``."""
+    with one_torch_thread():
+        _write_plans(writer, plans, ckpts, progress=progress, desc=desc)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch ops on one thread: the ops are small and memory-bound, and on a busy host
+    OpenMP workers waiting at barriers for descheduled siblings made merges 20x slower.
+    The other core hashes the sources meanwhile."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_plans(writer, plans, ckpts, *, progress, desc) -> None:
     scratch = torch.empty(CHUNK)
     out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
     total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)

@@ -37,7 +37,7 @@ def bad_file(tmp_path, kind):
         return p, r"readme\.safetensors: not a safetensors file"
     if kind == "pickle-with-code":
         p = tmp_path / "evil.ckpt"
-        p.write_bytes(pickle.dumps({"state_dict": {"x": _Payload()}}))
+        p.write_bytes(pickle.dumps({"state_dict": {"x": _Payload()}}, protocol=2))  # a bare pickle
         return p, r"evil\.ckpt: refused"
     if kind == "sdxl":
         p = save_safetensors(tiny_state_dict("sdxl", seed=2, max_dim=2), tmp_path / "xl.safetensors")

@@ -51,7 +51,7 @@ import sys, torch, sd_mecha
 torch.set_num_threads({threads})
 a, b, out = sys.argv[1:4]
 recipe = sd_mecha.weighted_sum(sd_mecha.model(a), sd_mecha.model(b), alpha=0.3)
-sd_mecha.merge(recipe, output=out, merge_dtype=torch.float32, output_dtype=torch.float16, threads={threads})
+sd_mecha.merge(recipe, output=out, merge_dtype=torch.float32, output_dtype=torch.float16, threads={workers})
 """
 
 
@@ -87,7 +87,9 @@ def perf_env() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
         site = subprocess.run(
             [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         ours = [p for p in sys.path if p.endswith("site-packages")][0]
         Path(site, "main_venv.pth").write_text(ours + "\n")  # reuse torch, numpy, scipy, safetensors
@@ -132,15 +134,32 @@ def run_family(family: str, work: Path, repeat: int, threads: int, mecha_py: Pat
         if not p.exists():
             t = time.perf_counter()
             make_checkpoint(family, p, seed)
-            print(f"  wrote {p.name} ({p.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s", flush=True)
+            print(
+                f"  wrote {p.name} ({p.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cli = [sys.executable, "-m", "search.cli", "merge", str(a), str(b), "--alpha", "0.3", "-o"]
     cmds = {
         "mergesearch": lambda out: [*cli, str(out), "--overwrite", "--quiet"],
-        "plain-loop": lambda out: [sys.executable, "-c", PLAIN.format(threads=threads), str(a), str(b), str(out)],
+        "plain-loop": lambda out: [
+            sys.executable,
+            "-c",
+            PLAIN.format(threads=threads),
+            str(a),
+            str(b),
+            str(out),
+        ],
     }
     if mecha_py is not None:
-        cmds["sd-mecha"] = lambda out: [str(mecha_py), "-c", MECHA.format(threads=threads), str(a), str(b), str(out)]
+        cmds["sd-mecha"] = lambda out: [
+            str(mecha_py),
+            "-c",
+            MECHA.format(threads=threads, workers=os.cpu_count()),
+            str(a),
+            str(b),
+            str(out),
+        ]
     results: dict[str, dict] = {}
     for _ in range(repeat):
         for name, make in cmds.items():
@@ -168,7 +187,13 @@ def main() -> int:
     ap.add_argument("--family", nargs="+", default=["sd1", "sdxl"], choices=["sd1", "sd2", "sdxl"])
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "perf")
     ap.add_argument("--repeat", type=int, default=2, help="runs per tool; the fastest counts")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for every tool")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for the plain loop and sd-mecha (sd-mecha also gets one worker per core); "
+        "1 by default because OpenMP barriers stall badly on a shared, busy host",
+    )
     ap.add_argument("--no-mecha", action="store_true", help="skip sd-mecha (no network to install it)")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     args = ap.parse_args()
