@@ -99,7 +99,7 @@ class Renderer:
         c = self.configs
         unet = diffusers.UNet2DConditionModel.from_config(c["unet"])
         vae = diffusers.AutoencoderKL.from_config(c["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**_clip_fields(c["text_encoder"])))
+        text_encoder = _with_text_model_alias(CLIPTextModel(CLIPTextConfig(**_clip_fields(c["text_encoder"]))))
         tokenizer = load_clip_tokenizer(self.config_dir / "tokenizer")
         self._base_scheduler = dict(c["scheduler"])
         scheduler = make_scheduler("native", self._base_scheduler)
@@ -245,6 +245,15 @@ def _texts_and_seeds(prompts: Sequence[Prompt | str], seeds: Sequence[int] | Non
         raise BenchmarkError("render: plain-text prompts need one seed each (seeds=[...])")
     texts = [p.text(prefix) if isinstance(p, Prompt) else (f"{prefix}, {p}" if prefix else p) for p in prompts]
     return texts, list(seeds)
+
+
+def _with_text_model_alias(model: torch.nn.Module) -> torch.nn.Module:
+    """transformers >= 5.6 flattened CLIPTextModel, but diffusers' clip-skip path still calls
+    `text_encoder.text_model.final_layer_norm`; alias the model as its own `text_model` (a plain
+    attribute, not a submodule, so parameters and state-dict keys stay as they are)."""
+    if "text_model" not in model._modules and not hasattr(model, "text_model"):
+        object.__setattr__(model, "text_model", model)
+    return model
 
 
 def _clip_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:

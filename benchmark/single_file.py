@@ -55,7 +55,7 @@ def normalise_keys(state_dict: Mapping[str, torch.Tensor]) -> Tensors:
 
 def _has_text_model(module: torch.nn.Module) -> bool:
     # transformers >= 5.6 flattened CLIPTextModel; CLIPTextModelWithProjection still wraps `text_model`.
-    return hasattr(module, "text_model")
+    return "text_model" in module._modules
 
 
 def to_diffusers(

@@ -142,6 +142,7 @@ def format_table(results: dict[str, dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from pydantic import ValidationError
     from tqdm import tqdm
 
     from benchmark import (
@@ -175,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         renderer = Renderer(config, device=device, dtype=dtype)
     except BenchmarkError as exc:
         print(f"mergesearch benchmark: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a bad rendering option
+        err = exc.errors()[0]
+        print(f"mergesearch benchmark: {err['loc'][0] if err['loc'] else 'settings'}: {err['msg']}", file=sys.stderr)
         return 2
     except (ImportError, ModuleNotFoundError) as exc:
         print(f"mergesearch benchmark: tagger {args.tagger!r} is not available ({exc})", file=sys.stderr)
