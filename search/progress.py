@@ -100,7 +100,8 @@ class LiveView:
 
     def __call__(self, stats) -> None:
         now = time.time()
-        if now - self._last < self.interval and stats.running:
+        # redraw in place on a terminal; in a log file, one line every 30 s is plenty
+        if now - self._last < (self.interval if self._tty else 30.0) and stats.running:
             return
         self._last = now
         elapsed = max(now - stats.started_at, 1e-9)

@@ -123,6 +123,14 @@ class NoWorkersLeft(RuntimeError):
     pass
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error line of a Ray error (its text embeds whole remote tracebacks)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0]]
+    line = (errors or lines or [type(exc).__name__])[-1]
+    return line if len(line) < 400 else line[:400] + "..."
+
+
 class RayPool:
     def __init__(self, spec: EvaluatorSpec, *, count: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
                  max_restarts: int = 2, address: str | None = None, ready_timeout: float = 600.0) -> None:
@@ -149,7 +157,7 @@ class RayPool:
         try:
             self.pids = ray.get(refs, timeout=ready_timeout)
         except Exception as exc:  # noqa: BLE001
-            raise NoWorkersLeft(f"a Ray worker failed to start: {exc}") from None
+            raise NoWorkersLeft(f"a Ray worker failed to start: {_root_cause(exc)}") from None
 
     def _free_actors(self) -> list[int]:
         busy = {i for i, _ in self._busy.values()} | set(self._recovering.values())
