@@ -1,0 +1,366 @@
+"""Rebuild every toy-world weight file from nothing, deterministic for a seed.
+
+    python -m benchmark.toyworld.train [--seed S] [--out DIR]
+
+Stages (all on CPU, one thread):
+  1. draw a seeded data set of world images;
+  2. train the VAE, then rescale its latent so that latents x scaling_factor have unit std;
+  3. train the CLIP tagger contrastively on real images and VAE reconstructions;
+  4. train the base UNet and text encoder jointly (captions drop categories at random and are
+     dropped whole 10 % of the time, for classifier-free guidance);
+  5. fine-tune specialists from the base on biased subsets whose captions always carry the
+     specialist's categories and rarely the others, the way real fine-tunes drift;
+  6. write fp16 single-file checkpoints (SD1 key layout), the tagger, and a training report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from benchmark.toyworld import MODEL_NAMES, TAGGER_FILE, WEIGHTS_DIR, family, world
+from benchmark.toyworld.checkpoint_io import modules_to_file, save_single_file
+
+
+class Specialist(BaseModel):
+    """A fine-tune: captions always name `focus` categories; the data keep only `subset` tags."""
+
+    model_config = ConfigDict(frozen=True)
+    focus: tuple[str, ...]
+    subset: dict[str, tuple[str, ...]] = {}
+
+
+SPECIALISTS: dict[str, Specialist] = {
+    "colorist": Specialist(focus=("colour", "background"), subset={"size": ("large",)}),
+    "shaper": Specialist(focus=("shape", "size"), subset={"background": ("white background", "black background")}),
+    "placer": Specialist(focus=("position", "size"), subset={"colour": ("red", "green", "blue")}),
+}
+assert tuple(SPECIALISTS) == MODEL_NAMES[1:]
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seed: int = 0
+    # One thread: on a shared two-core machine two OpenMP threads per process oversubscribe the
+    # cores and run 5-10x slower than one.
+    threads: int = 1
+    n_images: int = 8192
+    vae_steps: int = 250
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    tagger_steps: int = 300
+    tagger_batch: int = 128
+    tagger_lr: float = 2e-3
+    base_steps: int = 600
+    batch: int = 64
+    base_lr: float = 1e-3
+    base_keep: float = 0.85  # chance each category's tag is in a base training caption
+    caption_dropout: float = 0.1
+    specialist_steps: int = 100
+    specialist_lr: float = 5e-4
+    other_keep: float = 0.15  # chance a non-focus tag is in a specialist's caption
+    min_snr_gamma: float = 5.0
+
+
+Log = Callable[[str], None]
+
+
+def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.1)
+
+
+# ---------------------------------------------------------------- VAE
+
+def train_vae(images: torch.Tensor, cfg: TrainConfig, log: Log):
+    torch.manual_seed(cfg.seed + 1)
+    vae = family.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=1e-4)
+    sched = _one_cycle(opt, cfg.vae_lr, cfg.vae_steps)
+    rng = np.random.default_rng(cfg.seed + 1)
+    t0 = time.time()
+    for step in range(cfg.vae_steps):
+        x = images[rng.choice(len(images), cfg.vae_batch, replace=False)] * 2 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step:4d} loss {loss.item():.4f} mse {F.mse_loss(rec, x).item():.4f} "
+                f"({time.time() - t0:.0f}s)")
+    vae.eval()
+    _normalise_latent(vae, images[:1024])
+    return vae
+
+
+@torch.no_grad()
+def _normalise_latent(vae, images: torch.Tensor) -> None:
+    """Rescale the latent (an exact reparametrisation) so latent x scaling_factor has unit std."""
+    mean = vae.encode(images * 2 - 1).latent_dist.mean
+    k = 1.0 / (vae.config.scaling_factor * mean.std().item())
+    c = vae.config.latent_channels
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    q.weight[:c] *= k
+    q.bias[:c] *= k
+    q.bias[c:] += 2 * math.log(k)  # log-variance of the scaled latent
+    pq.weight /= k
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        d = vae.encode(images[i:i + batch] * 2 - 1).latent_dist
+        means.append(d.mean)
+        stds.append(d.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    out = [vae.decode(vae.encode(images[i:i + batch] * 2 - 1).latent_dist.mean).sample
+           for i in range(0, len(images), batch)]
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+
+# ---------------------------------------------------------------- captions
+
+def tag_table(idx: np.ndarray) -> np.ndarray:
+    """[n, n_categories] indices -> [n, n_tags] multi-hot in vocabulary column order."""
+    vocab = world.vocabulary()
+    offsets = np.cumsum([0] + [len(t) for t in vocab.values()])[:-1]
+    hot = np.zeros((len(idx), offsets[-1] + len(list(vocab.values())[-1])), dtype=np.float32)
+    hot[np.arange(len(idx))[:, None], idx + offsets[None, :]] = 1
+    return hot
+
+
+def sample_captions(idx: np.ndarray, rng: np.random.Generator, keep: Mapping[str, float],
+                    dropout: float) -> list[str]:
+    """Comma-joined tags in random order; each category kept with its probability; some dropped whole."""
+    vocab = world.vocabulary()
+    cats = list(vocab)
+    out = []
+    for row in idx:
+        if rng.random() < dropout:
+            out.append("")
+            continue
+        order = rng.permutation(len(cats))
+        out.append(", ".join(vocab[cats[c]][row[c]] for c in order if rng.random() < keep[cats[c]]))
+    return out
+
+
+# ---------------------------------------------------------------- tagger
+
+def train_tagger(real: torch.Tensor, recon: torch.Tensor, idx: np.ndarray, cfg: TrainConfig, log: Log):
+    """Contrastive training with multi-positive targets: a caption matches every image showing all its tags."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from benchmark.toyworld import tagger as tg
+
+    torch.manual_seed(cfg.seed + 2)
+    model, _ = tg.create_model()
+    tok = tg.get_tokenizer()
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    hot = torch.from_numpy(tag_table(idx))
+    tags = world.all_tags()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.tagger_lr, weight_decay=0.05)
+    sched = _one_cycle(opt, cfg.tagger_lr, cfg.tagger_steps)
+    rng = np.random.default_rng(cfg.seed + 2)
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    t0 = time.time()
+    model.train()
+    for step in range(cfg.tagger_steps):
+        b = rng.choice(len(real), cfg.tagger_batch, replace=False)
+        use_rec = torch.from_numpy(rng.random(len(b)) < 0.5).view(-1, 1, 1, 1)
+        x = torch.where(use_rec, recon[b], real[b])
+        x = (x + torch.randn(x.shape, generator=g) * 0.03).clamp(0, 1)
+        texts, cap_hot = [], torch.zeros(len(b), hot.shape[1])
+        for i, j in enumerate(b):
+            present = np.flatnonzero(hot[j].numpy())
+            k = int(rng.choice([1, 1, 2, 3, len(present)]))
+            chosen = rng.permutation(present)[:k]
+            cap_hot[i, chosen] = 1
+            template = tg.TEMPLATES[int(rng.integers(len(tg.TEMPLATES)))]
+            texts.append(template.format(", ".join(tags[c] for c in chosen)))
+        img_f = F.normalize(model.encode_image((x - mean) / std), dim=-1)
+        txt_f = F.normalize(model.encode_text(tok(texts)), dim=-1)
+        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        # pos[i, j]: caption j's tags all appear in image i
+        pos = ((hot[b] @ cap_hot.T) == cap_hot.sum(1)[None, :]).float()
+        loss = 0.5 * (-(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+                      - (pos / pos.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0 or step == cfg.tagger_steps - 1:
+            log(f"tagger step {step:4d} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f} "
+                f"({time.time() - t0:.0f}s)")
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------- diffusion
+
+def train_diffusion(unet, te, lat_mean: torch.Tensor, lat_std: torch.Tensor, idx: np.ndarray, *, steps: int,
+                    lr: float, keep: Mapping[str, float], cfg: TrainConfig, seed: int, name: str, log: Log,
+                    one_cycle: bool) -> None:
+    from diffusers import DDPMScheduler
+
+    tok = family.load_tokenizer()
+    noise_sched = DDPMScheduler.from_config(family.build_scheduler().config)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma weighting for epsilon prediction
+    scale = family.build_vae().config.scaling_factor
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if one_cycle:
+        sched = _one_cycle(opt, lr, steps)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    unet.train()
+    te.train()
+    t0, avg = time.time(), None
+    for step in range(steps):
+        b = rng.choice(len(idx), cfg.batch, replace=False)
+        x0 = (lat_mean[b] + lat_std[b] * torch.randn(lat_mean[b].shape, generator=g)) * scale
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        ids = tok(sample_captions(idx[b], rng, keep, cfg.caption_dropout), padding="max_length",
+                  max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        pred = unet(xt, t, te(ids)[0]).sample
+        loss = ((pred - noise) ** 2).mean((1, 2, 3))
+        loss = (loss * weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"{name} step {step:4d} loss {avg:.4f} ({time.time() - t0:.0f}s)")
+    unet.eval()
+    te.eval()
+
+
+def subset_indices(idx: np.ndarray, subset: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    vocab = world.vocabulary()
+    mask = np.ones(len(idx), dtype=bool)
+    for c, allowed in subset.items():
+        col = list(vocab).index(c)
+        mask &= np.isin(idx[:, col], [vocab[c].index(t) for t in allowed])
+    return idx[mask], np.flatnonzero(mask)
+
+
+# ---------------------------------------------------------------- driver
+
+def train(cfg: TrainConfig, out: Path, log: Log = print) -> dict[str, float]:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.time()
+
+    t = time.time()
+    idx = world.sample_indices(cfg.n_images, seed=cfg.seed)
+    images = torch.cat([world.draw_batch(idx[i:i + 1024], seed=cfg.seed * 1000 + i)
+                        for i in range(0, len(idx), 1024)])
+    times["data"] = time.time() - t
+    log(f"data: {len(images)} images ({times['data']:.0f}s)")
+
+    t = time.time()
+    vae = train_vae(images, cfg, log)
+    lat_mean, lat_std = encode(vae, images)
+    recon = reconstruct(vae, images)
+    times["vae"] = time.time() - t
+    log(f"vae: recon mse {F.mse_loss(recon * 2 - 1, images * 2 - 1).item():.4f} ([-1,1] scale), "
+        f"latent std x scale {(lat_mean * vae.config.scaling_factor).std().item():.3f} ({times['vae']:.0f}s)")
+
+    t = time.time()
+    clip = train_tagger(images, recon, idx, cfg, log)
+    tagger_sd = {k: v.detach().to(torch.float16) if v.is_floating_point() else v
+                 for k, v in clip.state_dict().items()}
+    save_single_file(tagger_sd, out / TAGGER_FILE, {"format": "pt", "toyworld_model": "tagger",
+                                                    "seed": str(cfg.seed)})
+    times["tagger"] = time.time() - t
+
+    t = time.time()
+    torch.manual_seed(cfg.seed + 3)
+    unet, te = family.build_unet(), family.build_text_encoder()
+    cats = world.categories()
+    train_diffusion(unet, te, lat_mean, lat_std, idx, steps=cfg.base_steps, lr=cfg.base_lr,
+                    keep=dict.fromkeys(cats, cfg.base_keep), cfg=cfg, seed=cfg.seed + 4, name="base", log=log,
+                    one_cycle=True)
+    meta = {"seed": str(cfg.seed)}
+    modules_to_file(unet, vae, te, out / "base.safetensors", metadata={**meta, "toyworld_model": "base"})
+    times["base"] = time.time() - t
+    base_state = (_copy(unet), _copy(te))
+
+    for n, (name, spec) in enumerate(SPECIALISTS.items()):
+        t = time.time()
+        unet.load_state_dict(base_state[0])
+        te.load_state_dict(base_state[1])
+        sub, rows = subset_indices(idx, spec.subset)
+        keep = {c: (1.0 if c in spec.focus else cfg.other_keep) for c in cats}
+        train_diffusion(unet, te, lat_mean[rows], lat_std[rows], sub, steps=cfg.specialist_steps,
+                        lr=cfg.specialist_lr, keep=keep, cfg=cfg, seed=cfg.seed + 10 + n, name=name, log=log,
+                        one_cycle=False)
+        modules_to_file(unet, vae, te, out / f"{name}.safetensors",
+                        metadata={**meta, "toyworld_model": name, "focus": ",".join(spec.focus)})
+        times[name] = time.time() - t
+    times["total"] = time.time() - t_all
+    (out / "train_report.json").write_text(json.dumps(
+        {"config": cfg.model_dump(), "seconds": {k: round(v, 1) for k, v in times.items()},
+         "specialists": {k: v.model_dump() for k, v in SPECIALISTS.items()}}, indent=2) + "\n")
+    log("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    return times
+
+
+def _copy(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.toyworld.train", description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override TrainConfig fields, e.g. base_steps=200 (for quick trials)")
+    args = p.parse_args(argv)
+    try:
+        overrides = dict(kv.split("=", 1) for kv in args.set)
+        cfg = TrainConfig(seed=args.seed, **overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"error: bad --set value ({exc}); fields: {', '.join(TrainConfig.model_fields)}", file=sys.stderr)
+        return 2
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    train(cfg, args.out, log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
