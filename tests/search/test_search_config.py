@@ -59,3 +59,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+@pytest.mark.parametrize("name", ["toyworld.yaml", "sd15_24gb.yaml", "sdxl_24gb.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from search.runner import build_prompt_set, check_objective
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    cfg = load_config(path)
+    check_objective(cfg)
+    ps = build_prompt_set(cfg)
+    assert len(ps.prompts("search")) == cfg.objective.n == len(ps.prompts("holdout"))
