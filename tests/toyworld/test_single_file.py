@@ -55,3 +55,16 @@ def test_random_checkpoint_is_seeded_fp16_and_atomic(tmp_path):
         assert fa.get_tensor(key).shape[-1] == json.loads((family.CONFIG_DIR / "unet" / "config.json").read_text())[
             "cross_attention_dim"]
         assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+
+def test_diffusers_from_single_file_with_the_shipped_config_gives_back_the_modules(tmp_path, modules):
+    from diffusers import StableDiffusionPipeline
+
+    path = random_checkpoint(tmp_path / "r.safetensors", seed=0, dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path), config=str(family.CONFIG_DIR), local_files_only=True, safety_checker=None,
+        requires_safety_checker=False, torch_dtype=torch.float32)
+    for original, name in zip(modules, ("unet", "vae", "text_encoder"), strict=True):
+        want, got = original.state_dict(), getattr(pipe, name).state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), name
