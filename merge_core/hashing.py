@@ -1,14 +1,72 @@
-"""File hashes: sha256 as A1111 computes it, and the 10-character short hash it shows."""
+"""File hashes: sha256 as A1111 computes it, and the 10-character short hash it shows.
+
+Hashing a 7 GB checkpoint takes tens of seconds, and users merge the same sources again
+and again, so hashes are cached like A1111 does: in memory, and in
+``$MERGESEARCH_CACHE_DIR`` (default ``~/.cache/mergesearch``) ``/sha256.json``, keyed by
+real path and checked against size and modification time. ``MERGESEARCH_HASH_CACHE=0``
+turns the file cache off.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import tempfile
+import threading
 from pathlib import Path
 
 _CHUNK = 8 << 20
-# (real path, size, mtime_ns) -> sha256; hashing a 7 GB file takes tens of seconds, so do it once.
 _CACHE: dict[tuple[str, int, int], str] = {}
+_LOCK = threading.Lock()
+
+
+def cache_file() -> Path | None:
+    if os.environ.get("MERGESEARCH_HASH_CACHE", "1") == "0":
+        return None
+    root = os.environ.get("MERGESEARCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mergesearch"
+    )
+    return Path(root) / "sha256.json"
+
+
+def _read_disk_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _lookup(key: tuple[str, int, int]) -> str | None:
+    if key in _CACHE:
+        return _CACHE[key]
+    cf = cache_file()
+    if cf is None:
+        return None
+    entry = _read_disk_cache(cf).get(key[0])
+    if isinstance(entry, dict) and entry.get("size") == key[1] and entry.get("mtime_ns") == key[2]:
+        sha = str(entry.get("sha256", ""))
+        if len(sha) == 64:
+            _CACHE[key] = sha
+            return sha
+    return None
+
+
+def _store(key: tuple[str, int, int], sha: str) -> None:
+    _CACHE[key] = sha
+    cf = cache_file()
+    if cf is None:
+        return
+    with _LOCK, contextlib.suppress(OSError):  # a cache that cannot be written is only a slower next run
+        cf.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_disk_cache(cf)
+        data[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": sha}
+        fd, tmp = tempfile.mkstemp(dir=cf.parent, prefix=".sha256.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=0)
+        os.replace(tmp, cf)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -16,15 +74,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb", buffering=0) as f:
-            buf = bytearray(_CHUNK)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                h.update(view[:n])
-        _CACHE[key] = h.hexdigest()
-    return _CACHE[key]
+    cached = _lookup(key)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    with open(p, "rb", buffering=0) as f:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])  # releases the GIL: hashing runs beside the merge
+    sha = h.hexdigest()
+    _store(key, sha)
+    return sha
 
 
 def short_hash(sha256: str) -> str:

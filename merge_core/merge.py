@@ -41,26 +41,31 @@ class KeyPlan:
     coeffs: tuple[float, ...]  # () = copy the bytes of sources[0] unchanged
 
 
-class _Hasher(threading.Thread):
-    """sha256 of the sources, computed while the merge runs (hashlib releases the GIL)."""
+class _Hashes:
+    """sha256 of the sources, one thread per file, computed while the merge runs."""
 
     def __init__(self, paths: list[Path]):
-        super().__init__(daemon=True, name="source-hashes")
-        self.paths = paths
-        self.hashes: list[str] = []
-        self.error: BaseException | None = None
+        self.hashes: list[str | None] = [None] * len(paths)
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self._one, args=(i, p), daemon=True, name=f"sha256-{i}")
+            for i, p in enumerate(paths)
+        ]
+        for t in self.threads:
+            t.start()
 
-    def run(self) -> None:
+    def _one(self, i: int, path: Path) -> None:
         try:
-            self.hashes = [file_sha256(p) for p in self.paths]
-        except BaseException as exc:  # reported by the caller
-            self.error = exc
+            self.hashes[i] = file_sha256(path)
+        except BaseException as exc:  # re-raised by result()
+            self.errors.append(exc)
 
     def result(self) -> list[str]:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.hashes
+        for t in self.threads:
+            t.join()
+        if self.errors:
+            raise self.errors[0]
+        return [h for h in self.hashes if h is not None]
 
 
 def open_sources(recipe: Recipe) -> list[Checkpoint]:
@@ -193,8 +198,7 @@ def merge_to_file(
     pending = ["0" * 64] * len(ckpts)
     entries = {p.key: (p.dtype, p.shape) for p in plans}
     with atomic_output(out, overwrite=overwrite) as (fd, _tmp):
-        hasher = _Hasher([c.path for c in ckpts])
-        hasher.start()
+        hasher = _Hashes([c.path for c in ckpts])
         writer = StreamingWriter(
             fd, out, entries, {**merge_metadata(recipe, ckpts, pending), **(extra_metadata or {})}
         )

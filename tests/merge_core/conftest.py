@@ -6,8 +6,9 @@ from merge_core import save_safetensors
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
+def _few_threads_and_a_private_hash_cache(tmp_path_factory, monkeypatch):
     torch.set_num_threads(1)
+    monkeypatch.setenv("MERGESEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture

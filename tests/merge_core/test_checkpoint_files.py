@@ -128,3 +128,19 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="disk on fire"):
         save_safetensors(tensors, tmp_path / "out.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hash_cache_survives_the_process_and_notices_changes(tmp_path, monkeypatch):
+    from merge_core import hashing
+
+    p = save_safetensors({"a": torch.arange(10.0)}, tmp_path / "m.safetensors")
+    sha = file_sha256(p)
+    cache = hashing.cache_file()
+    assert cache is not None and sha in cache.read_text()
+    hashing._CACHE.clear()  # a new process: only the file cache is left
+    monkeypatch.setattr(hashing.hashlib, "sha256", lambda: (_ for _ in ()).throw(AssertionError("re-hashed")))
+    assert file_sha256(p) == sha
+    monkeypatch.undo()
+    monkeypatch.setenv("MERGESEARCH_CACHE_DIR", str(cache.parent))
+    save_safetensors({"a": torch.arange(11.0)}, p)  # changed file: new size and mtime
+    assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest() != sha
