@@ -5,8 +5,8 @@ checkpoints A1111, Forge and ComfyUI load. SD1.5 (``sd1-ldm``) and SDXL (``sdxl-
 straight from it. SD2.x is not shipped there, so it is derived: the SD1 UNet with linear
 ``proj_in``/``proj_out`` and a 1024-wide cross-attention context, the same VAE, and the
 OpenCLIP ViT-H/14 text tower under ``cond_stage_model.model.`` (the ViT-bigG tower of SDXL
-re-sized to width 1024, 24 layers). tests/merge_core/test_keysets.py checks the derived
-parameter counts against diffusers/open_clip models built from their configs.
+re-sized to width 1024, 24 layers). tests/merge_core/test_real_keysets.py checks the
+UNet parameter counts of all three and the SD2 text-encoder shapes against diffusers/open_clip models built from their configs.
 
     pip download --no-deps sd-mecha -d /tmp/mecha && unzip /tmp/mecha/*.whl -d /tmp/mecha/whl
     python tests/data/make_keysets.py /tmp/mecha/whl/sd_mecha/extensions/builtin/model_configs
