@@ -236,7 +236,7 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
     data = dict(data or {})
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return parse_config(data, source=str(path), root=path.parent)
+    return parse_config(data, source=str(path), root=path.parent.resolve())
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

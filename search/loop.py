@@ -253,6 +253,10 @@ class SearchLoop:
     def _abandon_in_flight(self) -> None:
         """On stop: in-flight trials are failed and re-enqueued so the next run evaluates them."""
         for number, flight in list(self._flights.items()):
+            if flight.value is not None:  # scored, only its holdout check was pending: keep the score
+                flight.trial.set_user_attr("holdout_error", "search stopped before the holdout check")
+                self._tell_complete(flight)
+                continue
             frozen = self.study._storage.get_trial(flight.trial._trial_id)
             if frozen.state == TrialState.RUNNING:
                 fail_running(self.study, frozen, reason="interrupted", retry=True)

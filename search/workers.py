@@ -184,7 +184,10 @@ class RayPool:
             time.sleep(min(timeout, 0.05))
             return []
         waiting = list(self._busy) + list(self._recovering)
-        ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=timeout)
+        # return as soon as one is done (a worker must not idle for the rest of the timeout) ...
+        ready, rest = ray.wait(waiting, num_returns=1, timeout=timeout)
+        if ready and rest:  # ... taking along whatever else is already done
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         out: list[Outcome] = []
         for ref in ready:
             if ref in self._recovering:

@@ -112,3 +112,33 @@ def test_kill_9_of_the_driver_then_rerun(tmp_path, tiny_models):
         (retry,) = retries
         assert retry.state == TrialState.COMPLETE and retry.params == trials[n].params
     assert finished_count(result.study) == 14
+
+
+@pytest.mark.ray
+def test_graceful_stop_requeues_trials_in_flight(tmp_path, tiny_models, ray_cluster):
+    cfg = parse_config(search_config(tmp_path, tiny_models, budget={"trials": 8}, pruner={"enabled": False},
+                                     workers={"backend": "ray", "count": 2, "poll_seconds": 0.1}))
+    spec = EvaluatorSpec(factory="search_fakes:FakeEvaluator", kwargs={"batches": 2, "batch_seconds": 0.2},
+                         torch_threads=1)
+    state = {}
+
+    def on_update(stats):  # what Ctrl-C does in `mergesearch search`
+        if stats.complete >= 2 and "stopped" not in state and len(state["loop"].pool.in_flight()) == 2:
+            state["stopped"] = [t.trial_number for t in state["loop"].pool.in_flight()]
+            state["loop"].request_stop("interrupted")
+
+    result = run_search(prepare(cfg, evaluator=spec), on_update=on_update,
+                        on_loop=lambda loop: state.update(loop=loop))
+    assert result.stats.stopped == "interrupted"
+    trials = result.study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for n in state["stopped"]:
+        t = trials[n]
+        if t.state == TrialState.FAIL:  # interrupted mid-render: re-enqueued for the next run
+            assert t.user_attrs["requeued"] and t.user_attrs["fail_reason"] == "interrupted"
+            assert any(w.state == TrialState.WAITING and w.user_attrs["retry_of"] == n for w in trials)
+        else:  # scored, only its holdout check was cut short
+            assert t.state == TrialState.COMPLETE and "holdout_error" in t.user_attrs
+    rerun = run_search(prepare(cfg, evaluator=spec))
+    assert finished_count(rerun.study) == 8
+    assert not [t for t in rerun.study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
