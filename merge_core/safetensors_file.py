@@ -209,7 +209,12 @@ def save_safetensors(
     *,
     overwrite: bool = True,
 ) -> Path:
-    """Write ``tensors`` to ``path`` as safetensors, atomically (temporary name, fsync, rename)."""
+    """Write ``tensors`` to ``path`` as safetensors, atomically (temporary name, fsync, rename).
+
+    Missing parent folders are created (merges, by contrast, refuse a missing output folder:
+    there it is more likely a typo).
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     entries = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
     header, _ = build_header(entries, metadata)
     total = len(header) + sum(math.prod(s) * d.itemsize for d, s in entries.values())

@@ -30,3 +30,14 @@ def test_unrelated_tensors_are_not_a_family(tmp_path):
     save_safetensors({"lora_unet_down.weight": torch.zeros(2)}, p)
     with pytest.raises(CheckpointError, match="not an SD1, SD2 or SDXL"):
         _ = open_checkpoint(p).family
+
+
+def test_toy_world_checkpoints_are_sd1_with_every_block(tmp_path):
+    toyworld = pytest.importorskip("benchmark.toyworld.checkpoint_io")
+    from merge_core import layout_for
+
+    ckpt = open_checkpoint(toyworld.random_checkpoint(tmp_path / "toy.safetensors", seed=0))
+    assert ckpt.family == Family.SD1
+    layout = layout_for(ckpt.family)
+    assert layout.unknown_keys(ckpt.keys()) == []
+    assert {layout.block_of(k) for k in ckpt.keys()} - {None} == set(layout.weight_ids)
