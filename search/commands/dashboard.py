@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"dashboard for study {folder.study_name!r} at {server.url}  (Ctrl-C to stop)")
-    server.start()
     try:
+        server.start()
         while True:
             server._stop.wait(3600)
     except KeyboardInterrupt:

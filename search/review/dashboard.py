@@ -163,7 +163,8 @@ class DashboardServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._server.shutdown()
+        if self._threads:  # shutdown() waits for serve_forever, which only runs once started
+            self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from review_builder import build_run, standin_score
 
 from merge_core import Source
-from review_builder import build_run, standin_score
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"
 

@@ -1,0 +1,68 @@
+"""The report: trial table (CSV + Parquet), plots and summary from a real SQLite study."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from search.cli import main
+from search.review import load_run, pick_trial, trial_recipe
+from search.review.report import write_report
+
+
+@pytest.fixture(scope="module")
+def report(standin_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    files, summary = write_report(load_run(standin_run), out)
+    return files, summary
+
+
+def test_table_has_scores_params_and_derived_block_weights(standin_run, report):
+    files, _ = report
+    study = load_run(standin_run).open_study()
+    table = pd.read_parquet(files.table_parquet)
+    assert list(table.index) == [t.number for t in study.trials]
+    assert table.loc[8, "state"] == "FAIL" and pd.isna(table.loc[8, "tag_recall"])
+    best = pick_trial(study, "best")
+    row = table.loc[best.number]
+    assert row["tag_recall"] == pytest.approx(best.value)
+    assert row["holdout"] == pytest.approx(best.user_attrs["holdout"])
+    for cat, value in best.user_attrs["categories"].items():
+        assert row[f"search:{cat}"] == pytest.approx(value)
+        assert row[f"holdout:{cat}"] == pytest.approx(best.user_attrs["holdout_categories"][cat])
+    assert row["param:w1_00"] == pytest.approx(best.params["w1_00"])
+    coefficients = trial_recipe(best).coefficients()
+    for i, model in enumerate(("base", "a", "b")):
+        assert row[f"weight:{model}:IN05"] == pytest.approx(coefficients["IN05"][i])
+    # every model's coefficients of one block sum to 1 under the affine form
+    assert sum(row[f"weight:{m}:OUT03"] for m in ("base", "a", "b")) == pytest.approx(1.0)
+    assert row["duration_s"] > 0 and table.loc[0, "baseline"] == "parent:base"
+    csv = pd.read_csv(files.table_csv, index_col="number")
+    assert csv.shape == table.shape
+
+
+def test_plots_are_real_pngs(report):
+    files, _ = report
+    for path in (files.history_png, files.weights_png, files.categories_png):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+            # not a blank canvas: the plot draws in several colours
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 20
+
+
+def test_summary_compares_best_with_every_parent(standin_run, report):
+    _, summary = report
+    study = load_run(standin_run).open_study()
+    assert "9 trials (8 complete, 1 fail)" in summary
+    for label in ("parent:base", "parent:a", "parent:b"):
+        assert label in summary
+    best = pick_trial(study, "best")
+    assert f"best (#{best.number}" in summary and f"{best.value:.4f}" in summary
+
+
+def test_cli_prints_summary_and_files(standin_run, tmp_path, capsys):
+    assert main(["report", str(standin_run), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vs best parent" in out and str(tmp_path / "history.png") in out
+    assert (tmp_path / "trials.parquet").is_file()
