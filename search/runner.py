@@ -39,7 +39,10 @@ def resolve_model_path(config: SearchConfig, path: str) -> Path:
         from benchmark.toyworld import zoo
 
         name = path.split(":", 1)[1]
-        models = zoo()
+        try:
+            models = zoo()
+        except FileNotFoundError as exc:
+            raise ConfigError(f"models: {exc}") from None
         if name not in models:
             raise ConfigError(f"models: toyworld model {name!r} does not exist; the zoo has {', '.join(models)}")
         return Path(models[name])
