@@ -29,6 +29,9 @@ def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, 
     fig, ax = plt.subplots(figsize=(7.5, 4))
     sampled = done[done["baseline"].isna()]
     ax.scatter(sampled.index, sampled[metric], s=14, color="#4c72b0", label="trial (search split)")
+    base = done[done["baseline"].notna()]
+    if len(base):
+        ax.scatter(base.index, base[metric], s=22, marker="D", color="#8c8c8c", label="baseline trial")
     if "holdout" in done and done["holdout"].notna().any():
         held = done[done["holdout"].notna()]
         ax.scatter(held.index, held["holdout"], s=18, marker="x", color="#dd8452", label="held-out split")

@@ -19,11 +19,12 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def baselines(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """Completed baseline trials by label ("parent:<name>", "uniform"); the first of each wins."""
+    """Completed baseline trials by label ("parent:<name>", "uniform"); a retried baseline's latest
+    completion wins, as in the search's closing table."""
     found: dict[str, FrozenTrial] = {}
     for trial in completed(study):
         label = trial.user_attrs.get("baseline")
-        if label and label not in found:
+        if label:
             found[label] = trial
     return found
 

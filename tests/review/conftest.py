@@ -45,13 +45,31 @@ def test_artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def toy_sources(tmp_path_factory) -> list[Path]:
-    """Three small real checkpoints in the SD1 single-file layout (toy-world architecture, random weights)."""
-    from benchmark.toyworld.checkpoint_io import random_checkpoint
+def toy_world(tmp_path_factory) -> tuple[dict[str, Path], dict]:
+    """({name: checkpoint}, tagger options): three models of the committed toy-world zoo and its tagger;
+    random toy-world weights (same architecture, SD1 single-file layout) where the zoo is not built."""
+    from benchmark.toyworld import zoo
 
-    folder = tmp_path_factory.mktemp("toy-sources")
-    return [random_checkpoint(folder / f"{name}.safetensors", seed=i, dtype=torch.float32)
-            for i, name in enumerate(("base", "a", "b"))]
+    try:
+        models = zoo()
+        return {k: models[k] for k in list(models)[:3]}, {}
+    except FileNotFoundError:
+        from safetensors.torch import save_file
+
+        from benchmark.toyworld.checkpoint_io import random_checkpoint
+        from benchmark.toyworld.tagger import create_model
+
+        tmp = tmp_path_factory.mktemp("toy-random")
+        torch.manual_seed(0)
+        model, _ = create_model()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "tagger.safetensors")
+        models = {n: random_checkpoint(tmp / f"{n}.safetensors", seed=i) for i, n in enumerate(("base", "a", "b"))}
+        return models, {"weights": str(tmp / "tagger.safetensors")}
+
+
+@pytest.fixture(scope="session")
+def toy_sources(toy_world) -> list[Path]:
+    return list(toy_world[0].values())
 
 
 @pytest.fixture
@@ -63,7 +81,7 @@ def export_run(toy_sources, tmp_path) -> Path:
         copy.parent.mkdir(exist_ok=True)
         shutil.copy(path, copy)
         sources.append(Source.from_path(copy, name=path.stem))
-    return build_run(tmp_path / "run", sources, standin_score, n_sampled=2)
+    return build_run(tmp_path / "run", sources, standin_score, n_sampled=0)
 
 
 @pytest.fixture(scope="session")

@@ -21,28 +21,8 @@ pytestmark = pytest.mark.slow
 TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "families" / "toyworld"
 
 
-def _models_and_tagger(tmp: Path) -> tuple[dict[str, Path], dict]:
-    """The committed toy-world zoo and tagger; random toy-world weights where they are not built yet."""
-    from benchmark.toyworld import zoo
-
-    try:
-        models = zoo()
-        return {k: models[k] for k in list(models)[:3]}, {}
-    except FileNotFoundError:
-        from safetensors.torch import save_file
-
-        from benchmark.toyworld.checkpoint_io import random_checkpoint
-        from benchmark.toyworld.tagger import create_model
-
-        torch.manual_seed(0)
-        model, _ = create_model()
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "tagger.safetensors")
-        models = {n: random_checkpoint(tmp / f"{n}.safetensors", seed=i) for i, n in enumerate(("base", "a", "b"))}
-        return models, {"weights": str(tmp / "tagger.safetensors")}
-
-
 @pytest.fixture(scope="module")
-def scored_run(tmp_path_factory) -> Path:
+def scored_run(toy_world, tmp_path_factory) -> Path:
     """A run whose trials were scored by search.evaluator.BenchmarkEvaluator, as the search's workers do."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
@@ -53,7 +33,7 @@ def scored_run(tmp_path_factory) -> Path:
     from search.tasks import EvalTask
 
     tmp = tmp_path_factory.mktemp("scored")
-    models, tagger_options = _models_and_tagger(tmp)
+    models, tagger_options = toy_world
     config = parse_config({
         "name": "roundtrip", "models": [{"name": n, "path": str(p)} for n, p in models.items()],
         "family": "sd1", "renderer": "toyworld",
