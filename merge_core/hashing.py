@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 import threading
 from pathlib import Path
 
-_CHUNK = 8 << 20
+_CHUNK = 64 << 20
 _CACHE: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()
 
@@ -78,11 +79,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     if cached is not None:
         return cached
     h = hashlib.sha256()
-    with open(p, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])  # releases the GIL: hashing runs beside the merge
+    with open(p, "rb") as f:
+        if st.st_size:
+            # hash straight from a read-only map: no copy into a buffer; update() releases the GIL,
+            # so hashing runs beside the merge
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                for start in range(0, st.st_size, _CHUNK):
+                    h.update(view[start : start + _CHUNK])
+                view.release()
     sha = h.hexdigest()
     _store(key, sha)
     return sha

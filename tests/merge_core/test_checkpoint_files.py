@@ -144,3 +144,13 @@ def test_hash_cache_survives_the_process_and_notices_changes(tmp_path, monkeypat
     monkeypatch.setenv("MERGESEARCH_CACHE_DIR", str(cache.parent))
     save_safetensors({"a": torch.arange(11.0)}, p)  # changed file: new size and mtime
     assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest() != sha
+
+
+def test_hash_of_files_across_chunk_boundaries(tmp_path, monkeypatch):
+    from merge_core import hashing
+
+    monkeypatch.setattr(hashing, "_CHUNK", 4096)
+    for n in (0, 1, 4096, 3 * 4096 + 7):
+        p = tmp_path / f"f{n}"
+        p.write_bytes(os.urandom(n))
+        assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
