@@ -71,6 +71,26 @@ def load_configs(folder: Path, overrides: Mapping[str, Mapping[str, Any]] | None
     return out
 
 
+def guess_config(path: str | os.PathLike) -> str:
+    """The shipped config folder that fits a checkpoint: its family by key names, then the folder of that
+    family whose cross-attention width matches (the toy world is SD1-shaped but 64 wide)."""
+    from merge_core import CheckpointError, open_checkpoint
+
+    try:
+        ckpt = open_checkpoint(path)
+    except CheckpointError as exc:
+        raise BenchmarkError(str(exc)) from None
+    family = str(ckpt.family)
+    probe = next((k for k in ckpt.keys() if k.startswith("model.diffusion_model.") and k.endswith("attn2.to_k.weight")),
+                 None)
+    width = ckpt.shape(probe)[-1] if probe else None
+    for name in shipped_families():
+        configs = load_configs(FAMILY_DIR / name)
+        if family_of(configs) == family and configs["unet"].get("cross_attention_dim") == width:
+            return name
+    return family
+
+
 def family_of(configs: Mapping[str, Mapping[str, Any]]) -> str:
     """sdxl has two text encoders; sd2 uses OpenCLIP (gelu); sd1 (and the toy world) CLIP ViT-L style."""
     if "text_encoder_2" in configs:

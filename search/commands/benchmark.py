@@ -102,18 +102,9 @@ def _parse_options(items: list[str]) -> dict[str, object]:
 def _default_config(models: list[tuple[str, Path]], specs: list[str], tagger: str) -> str:
     if tagger == "toyworld" or any(s.startswith("toyworld:") for s in specs):
         return "toyworld"
-    from safetensors import safe_open
+    from benchmark.renderer import guess_config
 
-    from merge_core.family import detect_family
-
-    path = models[0][1]
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-            fam = detect_family(keys, lambda k: tuple(f.get_slice(k).get_shape()))
-        if fam is not None:
-            return str(fam)
-    return "sd1"
+    return guess_config(models[0][1])
 
 
 def format_table(results: dict[str, dict]) -> str:

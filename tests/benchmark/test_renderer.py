@@ -194,3 +194,13 @@ def test_missing_key_and_bad_inputs(sd1, tmp_path):
         r.render(["a"], FAST)
     with pytest.raises(ValueError, match="unknown scheduler"):  # pydantic wraps it in a ValidationError
         RenderSettings(scheduler="lms-magic")
+
+
+def test_guess_config_from_checkpoint(sd1, tiny_dirs, tmp_path):
+    from benchmark.renderer import guess_config
+    from benchmark.toyworld import random_checkpoint
+
+    assert guess_config(random_checkpoint(tmp_path / "toy.safetensors", seed=0)) == "toyworld"  # SD1 keys, 64 wide
+    assert guess_config(save_checkpoint(sd1[1], tmp_path / "sd1.safetensors")) == "sd1"
+    xl = random_renderer(tiny_dirs["sdxl"], seed=0)
+    assert guess_config(save_checkpoint(random_single_file(xl, seed=1), tmp_path / "xl.safetensors")) == "sdxl"
