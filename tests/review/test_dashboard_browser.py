@@ -45,6 +45,13 @@ def test_dashboard_lists_study_and_shows_contact_sheet(standin_run, browser_page
         page.get_by_text(run.study_name).first.wait_for(timeout=30_000)
 
         study_id = run.open_study()._study_id
+        # the study page carries the figures `dashboard` saved into the study, drawn by plotly
+        page.goto(f"{server.url}/studies/{study_id}", wait_until="domcontentloaded")
+        heat_map = page.locator('[id="user-defined-plot:best-block-weights"] .main-svg').first
+        heat_map.wait_for(timeout=30_000)
+        heat_map.scroll_into_view_if_needed()
+        page.screenshot(path=str(test_artifacts / "dashboard_study.png"))
+
         best = max((t for t in run.open_study().trials if t.value is not None), key=lambda t: t.value)
         page.goto(f"{server.url}/studies/{study_id}/trials?numbers={best.number}", wait_until="domcontentloaded")
         image = page.locator("img[src*='/artifacts/']").first
