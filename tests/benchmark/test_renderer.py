@@ -204,3 +204,15 @@ def test_guess_config_from_checkpoint(sd1, tiny_dirs, tmp_path):
     assert guess_config(save_checkpoint(sd1[1], tmp_path / "sd1.safetensors")) == "sd1"
     xl = random_renderer(tiny_dirs["sdxl"], seed=0)
     assert guess_config(save_checkpoint(random_single_file(xl, seed=1), tmp_path / "xl.safetensors")) == "sdxl"
+
+
+def test_prefix_and_negative_prompt_reach_the_pipeline(sd1):
+    from benchmark import Prompt
+
+    r, sd_x, _ = sd1
+    r.load_state_dict(sd_x)
+    p = [Prompt(tags=("red hair",), seed=3)]
+    plain = _arrays(r.render(p, FAST))
+    assert not np.array_equal(plain, _arrays(r.render(p, FAST, negative="lowres, blurry")))
+    assert not np.array_equal(plain, _arrays(r.render(p, FAST, prefix="1girl")))
+    assert np.array_equal(plain, _arrays(r.render(["red hair"], FAST, seeds=[3])))
