@@ -139,6 +139,8 @@ def test_graceful_stop_requeues_trials_in_flight(tmp_path, tiny_models, ray_clus
             assert any(w.state == TrialState.WAITING and w.user_attrs["retry_of"] == n for w in trials)
         else:  # scored, only its holdout check was cut short
             assert t.state == TrialState.COMPLETE and "holdout_error" in t.user_attrs
-    rerun = run_search(prepare(cfg, evaluator=spec))
+    local = parse_config(search_config(tmp_path, tiny_models, budget={"trials": 8}, pruner={"enabled": False}))
+    assert local.config_hash == cfg.config_hash  # the worker backend is not part of the study's identity
+    rerun = run_search(prepare(local, evaluator=spec))
     assert finished_count(rerun.study) == 8
     assert not [t for t in rerun.study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
