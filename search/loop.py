@@ -130,8 +130,14 @@ class SearchLoop:
             if not self._may_ask():
                 return
             trial = self.study.ask()
-            params = self.space.suggest(trial)
-            recipe = self.make_recipe(params)
+            try:
+                params = self.space.suggest(trial)
+                recipe = self.make_recipe(params)
+            except Exception as exc:  # a sampler or recipe error fails this trial, not the search
+                trial.set_user_attr("fail_reason", f"proposal: {type(exc).__name__}: {exc}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.stats.failed += 1
+                continue
             trial.set_user_attr("recipe", recipe)
             self._flights[trial.number] = _Flight(trial=trial, params=params, recipe=recipe)
             baseline = "baseline" in trial.user_attrs

@@ -90,3 +90,26 @@ def test_crash_fails_trial_and_retries_it_once(tmp_path, tiny_models):
         assert not retry.user_attrs.get("requeued")
         assert retry.user_attrs.get("baseline") == t.user_attrs.get("baseline")
     assert finished_count(result.study) == 10
+
+
+def test_a_failing_proposal_fails_one_trial_only(tmp_path, tiny_models):
+    from search.loop import LoopOptions, SearchLoop
+    from search.runner import open_run
+    from search.workers import LocalPool
+
+    prepared = prepare(parse_config(search_config(tmp_path, tiny_models)), evaluator=fake())
+    opened, info = open_run(prepared)
+    calls = []
+
+    def make_recipe(params):
+        calls.append(1)
+        if len(calls) == 6:
+            raise ValueError("weight of IN00 is not a finite number")
+        return prepared.recipe_json(params)
+
+    stats = SearchLoop(opened.study, prepared.space, LocalPool(fake()), make_recipe=make_recipe,
+                       options=LoopOptions(trials=8, prune=False), artifact_dir=info.artifact_dir).run()
+    trials = opened.study.get_trials()
+    assert stats.failed == 1 and trials[5].state == TrialState.FAIL
+    assert "proposal: ValueError" in trials[5].user_attrs["fail_reason"]
+    assert finished_count(opened.study) == 8 and stats.complete == 7
