@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dashboard for study {folder.study_name!r} at {server.url}  (Ctrl-C to stop)")
     try:
         server.start()
-        while True:
-            server._stop.wait(3600)
+        while not server.wait(3600):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

@@ -45,8 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark import BenchmarkError
+    from merge_core import CheckpointError
     from search.review.export import export_trial
     from search.review.run import ReviewError, load_run
+
+    user_errors = (ReviewError, CheckpointError, BenchmarkError, OSError)
 
     try:
         folder = load_run(args.run)
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             folder, args.out, trial=args.trial, dtype=args.dtype, repair_with=args.repair_with, rank=args.rank,
             relocate=dict(args.source), overwrite=args.overwrite,
         )
-    except (ReviewError, ValueError) as exc:
+    except user_errors as exc:
         print(f"mergesearch export: {exc}", file=sys.stderr)
         return 2
     print(f"exported trial {result.trial} of {result.study_name} ({result.dtype}, tag_recall "
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check = verify_export(folder, result)
-    except (ReviewError, ValueError) as exc:
+    except user_errors as exc:
         print(f"mergesearch export: verify: {exc}", file=sys.stderr)
         return 2
     print(check.describe())

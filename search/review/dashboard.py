@@ -161,6 +161,10 @@ class DashboardServer:
         while not self._stop.wait(self._refresh_s):
             self._best = annotate_study(self.study, last_best=self._best)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stop() (or the timeout); True once stopped."""
+        return self._stop.wait(timeout)
+
     def stop(self) -> None:
         self._stop.set()
         if self._threads:  # shutdown() waits for serve_forever, which only runs once started

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 from pydantic import BaseModel, ConfigDict
+from tqdm import tqdm
 
 from search.review.export import ExportResult
 from search.review.run import ReviewError, RunFolder
@@ -94,13 +95,16 @@ def build_search_benchmark(study: optuna.Study) -> tuple[Any, Any]:
     return renderer, Benchmark(prompt_set, "search", tagger, settings, batch_size=o.batch_size)
 
 
-def verify_export(run: RunFolder, result: ExportResult) -> VerifyResult:
+def verify_export(run: RunFolder, result: ExportResult, *, progress: bool = True) -> VerifyResult:
     study = run.open_study()
     trial = pick_trial(study, result.trial)
     started = time.perf_counter()
     renderer, bench = build_search_benchmark(study)
     renderer.load_checkpoint(result.path)
-    score, _images = bench.evaluate(renderer)
+    n_batches = math.ceil(len(bench.prompts) / bench.batch_size)
+    batches = tqdm(bench.evaluate_batches(renderer), total=n_batches, desc="verify: rendering", unit="batch",
+                   disable=not progress, leave=False)
+    score = [partial for partial, _images in batches][-1]  # the last batch's score covers the whole split
     # A penalised study stores the raw recall beside the penalised objective value.
     reference = float(trial.user_attrs.get("tag_recall_raw", trial.value))
     n_tags = sum(len(p.tags) for p in score.prompts)
