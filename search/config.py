@@ -114,6 +114,9 @@ class PrunerSpec(_Frozen):
     enabled: bool = True
     startup_trials: int = Field(default=5, ge=0, description="completed trials before pruning starts")
     warmup_batches: int = Field(default=1, ge=0, description="batches always rendered before a trial may stop")
+    # stop a trial whose running score is under this percentile of completed trials' at the same batch;
+    # 50 is Optuna's MedianPruner, lower is gentler (a few prompts are a noisy estimate)
+    percentile: float = Field(default=30.0, gt=0, lt=100)
 
 
 class WorkersSpec(_Frozen):

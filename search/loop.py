@@ -8,13 +8,13 @@ candidate is also scored on the holdout split before it is told, so its trial ca
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
@@ -33,6 +33,7 @@ class LoopOptions:
     prune: bool = True
     prune_startup_trials: int = 5
     prune_warmup_batches: int = 1
+    prune_percentile: float = 30.0
     holdout: bool = True
     negative_penalty: float = 0.0
 
@@ -153,7 +154,7 @@ class SearchLoop:
             self.pool.submit(task)
 
     def _prune_thresholds(self) -> tuple[float | None, ...]:
-        """Median of completed trials' running scores per batch (Optuna's MedianPruner rule)."""
+        """Percentile of completed trials' running scores per batch (Optuna's PercentilePruner rule)."""
         o = self.options
         if not o.prune:
             return ()
@@ -164,7 +165,8 @@ class SearchLoop:
         out: list[float | None] = []
         for step in range(steps):
             vals = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
-            out.append(statistics.median(vals) if step >= o.prune_warmup_batches and vals else None)
+            out.append(float(np.percentile(vals, o.prune_percentile)) if step >= o.prune_warmup_batches and vals
+                       else None)
         return tuple(out)
 
     # ---- outcomes --------------------------------------------------------------------------------

@@ -174,8 +174,9 @@ def open_run(prepared: Prepared, *, fork: bool = False) -> tuple[OpenedStudy, Ru
         attrs["forked_from"] = config.name
     import optuna.pruners
 
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=config.pruner.startup_trials,
-                                         n_warmup_steps=config.pruner.warmup_batches)
+    # The workers apply this rule themselves (the driver sends the per-batch bars with each task).
+    pruner = optuna.pruners.PercentilePruner(config.pruner.percentile, n_startup_trials=config.pruner.startup_trials,
+                                             n_warmup_steps=config.pruner.warmup_batches)
     opened = open_study(storage=prepared.storage, study_name=name, config_hash=config.config_hash,
                         space=prepared.space, sampler=config.sampler, seed=config.seed, pruner=pruner,
                         study_attrs=attrs)
@@ -193,7 +194,8 @@ def run_search(prepared: Prepared, *, fork: bool = False, pool: WorkerPool | Non
     options = LoopOptions(trials=config.budget.trials, hours=config.budget.hours,
                           poll_seconds=config.workers.poll_seconds, prune=config.pruner.enabled,
                           prune_startup_trials=config.pruner.startup_trials,
-                          prune_warmup_batches=config.pruner.warmup_batches, holdout=config.holdout,
+                          prune_warmup_batches=config.pruner.warmup_batches,
+                          prune_percentile=config.pruner.percentile, holdout=config.holdout,
                           negative_penalty=config.objective.negative_penalty)
     loop = SearchLoop(opened.study, prepared.space, pool, make_recipe=prepared.recipe_json, options=options,
                       artifact_dir=info.artifact_dir, on_update=on_update)
