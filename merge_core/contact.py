@@ -26,11 +26,13 @@ from .errors import CheckpointError
 from .hashing import file_sha256
 from .layout import layout_for
 from .maths import all_finite
-from .merge import OUT_DTYPES
+from .merge import OUT_DTYPES, one_torch_thread
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
 
-# Exact SVD below this many elements or when the rank is a large share of the smaller side.
-_EXACT_LIMIT = 1 << 20
+# Exact SVD for small matrices or when the rank is a large share of the smaller side;
+# otherwise a randomised SVD (within 1% of the optimal residual in the tests, far faster).
+_EXACT_LIMIT = 1 << 16
+_OVERSAMPLE = 10
 
 
 @dataclass
@@ -65,7 +67,7 @@ def low_rank(
         return torch.zeros_like(d), False
     if rank >= k:
         return d.clone(), False
-    use_exact = exact if exact is not None else (d.numel() <= _EXACT_LIMIT or rank * 4 >= k)
+    use_exact = exact if exact is not None else (d.numel() <= _EXACT_LIMIT or 2 * (rank + _OVERSAMPLE) >= k)
     if use_exact:
         u, s, vh = torch.linalg.svd(d, full_matrices=False)
         return (u[:, :rank] * s[:rank]) @ vh[:rank], False
@@ -73,7 +75,7 @@ def low_rank(
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        u, s, v = torch.svd_lowrank(d, q=min(k, rank + 10), niter=4)
+        u, s, v = torch.svd_lowrank(d, q=min(k, rank + _OVERSAMPLE), niter=4)
     finally:
         torch.random.set_rng_state(state)
     return (u[:, :rank] * s[:rank]) @ v[:, :rank].T, True
@@ -153,7 +155,7 @@ def repair_to_file(
         }
         return {"format": "pt", "mergesearch_repair": json.dumps(info)}
 
-    with atomic_output(out, overwrite=overwrite) as (fd, _tmp):
+    with atomic_output(out, overwrite=overwrite) as (fd, _tmp), one_torch_thread():
         hasher.start()
         writer = StreamingWriter(fd, out, entries, metadata(False))
         for key, mergeable in tqdm(plan, desc="repairing", disable=not progress, leave=False):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -113,6 +115,20 @@ def build_recipe(args):
     )
 
 
+@contextlib.contextmanager
+def unwind_on_sigterm():
+    """Make SIGTERM (a killed job, a closed session) unwind like Ctrl-C, so the temporary output is removed."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def error_text(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
@@ -128,7 +144,8 @@ def run(args) -> int:
         recipe = build_recipe(args)
         if args.recipe and args.dtype:
             recipe = recipe.model_copy(update={"dtype": args.dtype})
-        out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
+        with unwind_on_sigterm():
+            out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
         if args.save_recipe:
             args.save_recipe.write_text(recipe.to_json(indent=2) + "\n")
     except (CheckpointError, ValueError, OSError) as exc:

@@ -43,18 +43,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from merge_core import CheckpointError, repair_to_file
 
+    from .merge import unwind_on_sigterm
+
     t0 = time.perf_counter()
     try:
-        stats = repair_to_file(
-            args.a,
-            args.b,
-            args.output,
-            rank=args.rank,
-            dtype=args.dtype,
-            exact=True if args.exact else None,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        with unwind_on_sigterm():
+            stats = repair_to_file(
+                args.a,
+                args.b,
+                args.output,
+                rank=args.rank,
+                dtype=args.dtype,
+                exact=True if args.exact else None,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"mergesearch repair: error: {exc}", file=sys.stderr)
         return 1

@@ -135,3 +135,23 @@ def test_repair(tmp_path, ab, capsys):
     assert torch.equal(got[bias], sb[bias])  # 1-D: B's
     meta = json.loads(safe_open(out, "pt").metadata()["mergesearch_repair"])
     assert meta["rank"] == 0
+
+
+def test_sigterm_mid_write_leaves_no_temporary(tmp_path):
+    import os
+    import signal
+
+    from merge_core.safetensors_file import atomic_output
+    from search.commands.merge import unwind_on_sigterm
+
+    with (
+        pytest.raises(SystemExit) as exc,
+        unwind_on_sigterm(),
+        atomic_output(tmp_path / "m.safetensors") as (fd, tmp),
+    ):
+        os.write(fd, b"partial")
+        assert tmp.exists()
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert exc.value.code == 143
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
