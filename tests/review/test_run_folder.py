@@ -64,3 +64,16 @@ def test_cli_reports_missing_study_in_one_line(tmp_path, capsys):
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.json" in err[0] and "mergesearch search" in err[0]
+
+
+def test_study_without_completed_trials(tmp_path, capsys):
+    from search.cli import main
+
+    folder = _write_run(tmp_path / "r")
+    (folder / "artifacts").mkdir()
+    study = optuna.create_study(study_name="demo", storage=f"sqlite:///{folder / 'study.db'}")
+    study.ask()  # one trial still RUNNING
+    assert main(["report", str(folder)]) == 2
+    assert "has no completed trial yet" in capsys.readouterr().err
+    assert main(["export", str(folder), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "has no completed trial yet" in capsys.readouterr().err
