@@ -26,6 +26,11 @@ def _fmt(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{float(value):.3f}"
 
 
+def _raw(trial: FrozenTrial) -> float | None:
+    """Tag recall before the negative-weight penalty (the objective value when no penalty is set)."""
+    return trial.user_attrs.get("tag_recall_raw", trial.value)
+
+
 def trial_note(trial: FrozenTrial, parents: dict[str, FrozenTrial]) -> str:
     """Markdown: the trial's per-category scores on both splits beside each baseline's search score."""
     attrs = trial.user_attrs
@@ -45,10 +50,15 @@ def trial_note(trial: FrozenTrial, parents: dict[str, FrozenTrial]) -> str:
         for cat in cats:
             theirs = [_fmt((t.user_attrs.get("categories") or {}).get(cat)) for _, t in others]
             lines.append(f"| {cat} | {_fmt(search.get(cat))} | {_fmt(holdout.get(cat))} | " + " | ".join(theirs) + " |")
-        lines.append(f"| **overall** | {_fmt(trial.value)} | {_fmt(attrs.get('holdout'))} | "
-                     + " | ".join(_fmt(t.value) for _, t in others) + " |")
+        lines.append(f"| **overall** | {_fmt(_raw(trial))} | {_fmt(attrs.get('holdout'))} | "
+                     + " | ".join(_fmt(_raw(t)) for _, t in others) + " |")
+        if others:
+            lines += ["", "Baseline columns are their search-split scores."]
     else:
         lines.append("No per-category scores recorded.")
+    if attrs.get("tag_recall_raw") is not None:
+        lines += ["", f"Objective {_fmt(trial.value)} = recall {_fmt(attrs['tag_recall_raw'])} less the "
+                  f"negative-weight penalty (negative mass {_fmt(attrs.get('negative_mass'))})."]
     if attrs.get("render_seconds") is not None:
         lines += ["", f"Rendered in {float(attrs['render_seconds']):.1f} s"
                   + (f" on {attrs['worker']}" if attrs.get("worker") else "") + "."]
