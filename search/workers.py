@@ -10,6 +10,7 @@ A crash (exception, killed process) comes back as a `Crash`, never as an excepti
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import queue
 import socket
@@ -138,7 +139,7 @@ class RayPool:
 
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                      **({} if address else {"num_cpus": max(int(count * cpus_per_worker), 1)}))
         actor_cls = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                max_restarts=max_restarts, max_task_retries=0)
