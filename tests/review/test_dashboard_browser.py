@@ -65,7 +65,8 @@ def test_dashboard_lists_study_and_shows_contact_sheet(standin_run, browser_page
         shot = test_artifacts / "dashboard_trial.png"
         page.screenshot(path=str(shot))  # the viewport: long user attrs make the full page very wide
         page.get_by_text(f"Trial {best.number}: tag_recall").first.evaluate(
-            "el => el.scrollIntoView({block: 'start', inline: 'nearest'})")
+            "el => { el.scrollIntoView({block: 'center'});"
+            " document.querySelectorAll('*').forEach(e => { if (e.scrollLeft) e.scrollLeft = 0; }); }")
         page.screenshot(path=str(test_artifacts / "dashboard_trial_note.png"))
 
         # Smart Selection shows the artifacts of the trials picked in the parallel-coordinate plot
