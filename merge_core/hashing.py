@@ -70,7 +70,34 @@ def _store(key: tuple[str, int, int], sha: str) -> None:
         os.replace(tmp, cf)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+class Pacer:
+    """Keeps a hashing thread within ``window`` bytes of where a merge is reading the same file.
+
+    A merge and a hash both read every byte of a source; paced together they share the page
+    cache, so a source larger than the free memory is read from disk once, not twice.
+    """
+
+    def __init__(self, window: int = 512 << 20):
+        self.window = window
+        self.limit = window
+        self._cond = threading.Condition()
+
+    def advance(self, position: int) -> None:
+        with self._cond:
+            if position + self.window > self.limit:
+                self.limit = position + self.window
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        """The merge is done (or failed): let the hash run to the end unpaced."""
+        self.advance(1 << 62)
+
+    def wait_for(self, position: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.limit >= position)
+
+
+def file_sha256(path: str | os.PathLike, *, pacer: Pacer | None = None) -> str:
     """Hex sha256 of the whole file (cached per path, size and modification time)."""
     p = Path(path)
     st = p.stat()
@@ -86,6 +113,8 @@ def file_sha256(path: str | os.PathLike) -> str:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 for start in range(0, st.st_size, _CHUNK):
+                    if pacer is not None:
+                        pacer.wait_for(min(start + _CHUNK, st.st_size))
                     h.update(view[start : start + _CHUNK])
                 view.release()
     sha = h.hexdigest()

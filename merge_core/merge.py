@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
-from .hashing import file_sha256
+from .hashing import Pacer, file_sha256
 from .layout import BlockLayout, layout_for
 from .maths import CHUNK, all_finite, combine_chunks
 from .provenance import merge_metadata
@@ -42,25 +42,42 @@ class KeyPlan:
 
 
 class _Hashes:
-    """sha256 of the sources, one thread per file, computed while the merge runs."""
+    """sha256 of the sources, one thread per file, computed while the merge runs.
 
-    def __init__(self, paths: list[Path]):
-        self.hashes: list[str | None] = [None] * len(paths)
+    Each thread is paced to stay just ahead of the merge's reads in its file (see Pacer).
+    """
+
+    def __init__(self, ckpts: list[Checkpoint]):
+        self.ckpts = ckpts
+        self.hashes: list[str | None] = [None] * len(ckpts)
         self.errors: list[BaseException] = []
+        self.pacers = [Pacer() if c.byte_ranges is not None else None for c in ckpts]
         self.threads = [
-            threading.Thread(target=self._one, args=(i, p), daemon=True, name=f"sha256-{i}")
-            for i, p in enumerate(paths)
+            threading.Thread(target=self._one, args=(i,), daemon=True, name=f"sha256-{i}")
+            for i in range(len(ckpts))
         ]
         for t in self.threads:
             t.start()
 
-    def _one(self, i: int, path: Path) -> None:
+    def _one(self, i: int) -> None:
         try:
-            self.hashes[i] = file_sha256(path)
+            self.hashes[i] = file_sha256(self.ckpts[i].path, pacer=self.pacers[i])
         except BaseException as exc:  # re-raised by result()
             self.errors.append(exc)
 
+    def read_up_to(self, key: str) -> None:
+        """The merge has read ``key`` from every source that holds it."""
+        for ckpt, pacer in zip(self.ckpts, self.pacers, strict=True):
+            if pacer is not None and key in ckpt:
+                pacer.advance(ckpt.byte_ranges[key].end)
+
+    def release(self) -> None:
+        for pacer in self.pacers:
+            if pacer is not None:
+                pacer.release()
+
     def result(self) -> list[str]:
+        self.release()
         for t in self.threads:
             t.join()
         if self.errors:
@@ -138,10 +155,11 @@ def write_plans(
     *,
     progress: bool = True,
     desc: str = "merging",
+    on_key=None,
 ) -> None:
-    """Stream every planned key into ``writer``."""
+    """Stream every planned key into ``writer``; ``on_key(key)`` is called after each."""
     with one_torch_thread():
-        _write_plans(writer, plans, ckpts, progress=progress, desc=desc)
+        _write_plans(writer, plans, ckpts, progress=progress, desc=desc, on_key=on_key)
 
 
 @contextlib.contextmanager
@@ -157,7 +175,7 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def _write_plans(writer, plans, ckpts, *, progress, desc) -> None:
+def _write_plans(writer, plans, ckpts, *, progress, desc, on_key) -> None:
     scratch = torch.empty(CHUNK)
     out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
     total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)
@@ -179,6 +197,8 @@ def _write_plans(writer, plans, ckpts, *, progress, desc) -> None:
                         raise _nonfinite_error(plan, ckpts, plan.dtype)
                     writer.write(tensor_bytes(part))
             bar.update(writer.offsets[plan.key][1] - writer.offsets[plan.key][0])
+            if on_key is not None:
+                on_key(plan.key)
 
 
 def merge_to_file(
@@ -198,11 +218,14 @@ def merge_to_file(
     pending = ["0" * 64] * len(ckpts)
     entries = {p.key: (p.dtype, p.shape) for p in plans}
     with atomic_output(out, overwrite=overwrite) as (fd, _tmp):
-        hasher = _Hashes([c.path for c in ckpts])
         writer = StreamingWriter(
             fd, out, entries, {**merge_metadata(recipe, ckpts, pending), **(extra_metadata or {})}
         )
-        write_plans(writer, plans, ckpts, progress=progress)
+        hasher = _Hashes(ckpts)
+        try:
+            write_plans(writer, plans, ckpts, progress=progress, on_key=hasher.read_up_to)
+        finally:
+            hasher.release()
         hashes = hasher.result()
         for src, sha, ckpt in zip(recipe.sources, hashes, ckpts, strict=True):
             if src.sha256 and src.sha256 != sha:

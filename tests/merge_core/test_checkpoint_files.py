@@ -154,3 +154,26 @@ def test_hash_of_files_across_chunk_boundaries(tmp_path, monkeypatch):
         p = tmp_path / f"f{n}"
         p.write_bytes(os.urandom(n))
         assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_paced_hash_waits_for_the_reader(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from merge_core import hashing
+
+    monkeypatch.setattr(hashing, "_CHUNK", 1000)
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(10_000))
+    pacer = hashing.Pacer(window=2000)
+    result = []
+    t = threading.Thread(target=lambda: result.append(file_sha256(p, pacer=pacer)))
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive() and not result  # stopped at the window's edge
+    pacer.advance(5000)
+    time.sleep(0.1)
+    assert t.is_alive()
+    pacer.release()
+    t.join(timeout=5)
+    assert result == [hashlib.sha256(p.read_bytes()).hexdigest()]
