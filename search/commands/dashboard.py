@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"dashboard for study {folder.study_name!r} at {server.url}  (Ctrl-C to stop)")
+    # a service manager stops with SIGTERM: shut down as cleanly as on Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     try:
         server.start()
         while not server.wait(3600):

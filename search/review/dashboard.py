@@ -171,6 +171,10 @@ class DashboardServer:
         while not self._stop.wait(self._refresh_s):
             self._best = annotate_study(self.study, last_best=self._best)
 
+    def request_stop(self) -> None:
+        """Ask wait() to return (safe from a signal handler); stop() then shuts the server down."""
+        self._stop.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stop() (or the timeout); True once stopped."""
         return self._stop.wait(timeout)
