@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -169,7 +170,11 @@ class DashboardServer:
     def _refresh_loop(self) -> None:
         # A search may still be running: notes and figures follow new trials.
         while not self._stop.wait(self._refresh_s):
-            self._best = annotate_study(self.study, last_best=self._best)
+            try:
+                self._best = annotate_study(self.study, last_best=self._best)
+            except Exception as exc:  # noqa: BLE001 - a busy database must not end the refreshes
+                print(f"dashboard: notes not refreshed this time ({exc}); retrying in {self._refresh_s:.0f} s",
+                      file=sys.stderr)
 
     def request_stop(self) -> None:
         """Ask wait() to return (safe from a signal handler); stop() then shuts the server down."""
