@@ -158,26 +158,31 @@ def repair_to_file(
     with atomic_output(out, overwrite=overwrite) as (fd, _tmp), one_torch_thread():
         hasher.start()
         writer = StreamingWriter(fd, out, entries, metadata(False))
-        for key, mergeable in tqdm(plan, desc="repairing", disable=not progress, leave=False):
-            if not mergeable:
-                writer.put(key, ca.raw_bytes(key))
-                continue
-            ta, tb = ca.tensor(key), cb.tensor(key)
-            for ckpt, t in ((ca, ta), (cb, tb)):
-                if not all_finite(t):
-                    raise CheckpointError(
-                        f"{ckpt.path}: key {key!r} holds NaN or infinite values; the file is damaged"
-                    )
-            merged, residual, randomized = contact_merge(ta, tb, rank, exact=exact)
-            stats.keys += 1
-            if residual is not None:
-                stats.low_rank_keys += 1
-                stats.randomized_keys += int(randomized)
-                stats.residuals[key] = residual
-            writer.put(key, tensor_bytes(merged.to(out_dtype)))
+        with writer:
+            _repair_keys(writer, plan, ca, cb, rank, exact, out_dtype, stats, progress)
         hasher.join()
         writer.finish(metadata(True))
     return stats
+
+
+def _repair_keys(writer, plan, ca, cb, rank, exact, out_dtype, stats, progress) -> None:
+    for key, mergeable in tqdm(plan, desc="repairing", disable=not progress, leave=False):
+        if not mergeable:
+            writer.put(key, ca.raw_bytes(key))
+            continue
+        ta, tb = ca.tensor(key), cb.tensor(key)
+        for ckpt, t in ((ca, ta), (cb, tb)):
+            if not all_finite(t):
+                raise CheckpointError(
+                    f"{ckpt.path}: key {key!r} holds NaN or infinite values; the file is damaged"
+                )
+        merged, residual, randomized = contact_merge(ta, tb, rank, exact=exact)
+        stats.keys += 1
+        if residual is not None:
+            stats.low_rank_keys += 1
+            stats.randomized_keys += int(randomized)
+            stats.residuals[key] = residual
+        writer.put(key, tensor_bytes(merged.to(out_dtype)))
 
 
 def effective_rank_error(d: torch.Tensor, rank: int) -> float:

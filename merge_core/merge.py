@@ -226,6 +226,7 @@ def merge_to_file(
             write_plans(writer, plans, ckpts, progress=progress, on_key=hasher.read_up_to)
         finally:
             hasher.release()
+            writer.close()  # no write-back thread may outlive the file descriptor
         hashes = hasher.result()
         for src, sha, ckpt in zip(recipe.sources, hashes, ckpts, strict=True):
             if src.sha256 and src.sha256 != sha:
