@@ -11,14 +11,18 @@ import optuna
 import optuna_dashboard
 import pandas as pd
 from optuna.trial import FrozenTrial
-from optuna_dashboard._note import get_note_from_system_attrs
+
+# The note helpers that take storage ids: a finished trial has no live optuna.Trial to pass to save_note.
+from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
 from search.review import figures
 from search.review.report import category_comparison
-from search.review.run import RunFolder
+from search.review.run import ReviewError, RunFolder
 from search.review.trials import METRIC, baselines, block_weights, completed, pick_trial, trial_recipe
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Notes end with this line while they are ours to refresh; a user who edits a note removes it.
+NOTE_MARK = "_Written by `mergesearch dashboard` and kept up to date; delete this line to keep your own edits._"
 WEIGHTS_FIGURE_ID = "best-block-weights"
 CATEGORIES_FIGURE_ID = "best-vs-parents"
 
@@ -63,7 +67,7 @@ def trial_note(trial: FrozenTrial, parents: dict[str, FrozenTrial]) -> str:
     if attrs.get("render_seconds") is not None:
         lines += ["", f"Rendered in {float(attrs['render_seconds']):.1f} s"
                   + (f" on {attrs['worker']}" if attrs.get("worker") else "") + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", NOTE_MARK])
 
 
 def study_note(study: optuna.Study) -> str:
@@ -76,39 +80,46 @@ def study_note(study: optuna.Study) -> str:
         lines.append(f"- source **{source.get('name')}**: `{source.get('path')}` (sha256 `{str(source.get('sha256'))[:12]}`)")
     lines += ["", "Each trial's note holds its per-category scores beside the parents'. "
               "The study's figures show the best recipe's block weights and its categories against the parents."]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", NOTE_MARK])
 
 
-def _has_note(system_attrs: dict, trial_id: int | None) -> bool:
-    return get_note_from_system_attrs(system_attrs, trial_id)["version"] > 0
+def _save_if_ours(study: optuna.Study, system_attrs: dict, trial_id: int | None, body: str) -> None:
+    """Write a note where there is none, or refresh one we wrote; a note the user edited stays."""
+    note = get_note_from_system_attrs(system_attrs, trial_id)
+    if note["version"] and (NOTE_MARK not in note["body"] or note["body"] == body):
+        return
+    save_note_with_version(study._storage, study._study_id, trial_id, note["version"] + 1, body)
 
 
 def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int | None:
     """Write what the dashboard shows beyond Optuna's own pages; returns the best trial's number.
 
-    Notes are written only where none exists, so notes a user edited in the dashboard stay.
+    Notes are written where none exists and refreshed while they carry NOTE_MARK, so a note the user
+    edited in the dashboard (and took the mark out of) stays.
     Figures are rewritten under fixed ids when the best trial changes.
     """
     if study.metric_names is None:
         study.set_metric_names([METRIC])
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
-    if not _has_note(system_attrs, None):
-        optuna_dashboard.save_note(study, study_note(study))
+    _save_if_ours(study, system_attrs, None, study_note(study))
     done = completed(study)
     parents = baselines(study)
     for trial in done:
-        if not _has_note(system_attrs, trial._trial_id):
-            _save_trial_note(study, trial, trial_note(trial, parents))
+        _save_if_ours(study, system_attrs, trial._trial_id, trial_note(trial, parents))
     if not done:
         return None
     best = pick_trial(study, "best")
     if best.number != last_best:
-        weights = block_weights(trial_recipe(best))
-        optuna_dashboard.save_plotly_graph_object(
-            study,
-            figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): coefficient per model and block"),
-            graph_object_id=WEIGHTS_FIGURE_ID,
-        )
+        try:
+            weights = block_weights(trial_recipe(best))
+        except ReviewError as exc:  # a study not made by `mergesearch search`: show the rest anyway
+            print(f"dashboard: no block-weight figure ({exc})", file=sys.stderr)
+        else:
+            optuna_dashboard.save_plotly_graph_object(
+                study,
+                figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): coefficient per model and block"),
+                graph_object_id=WEIGHTS_FIGURE_ID,
+            )
         comparison = category_comparison(study)["search"]
         if not comparison.empty:
             optuna_dashboard.save_plotly_graph_object(
@@ -117,13 +128,6 @@ def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int 
                 graph_object_id=CATEGORIES_FIGURE_ID,
             )
     return best.number
-
-
-def _save_trial_note(study: optuna.Study, trial: FrozenTrial, body: str) -> None:
-    # save_note wants a live Trial; a finished trial only needs its storage ids.
-    from optuna_dashboard._note import save_note_with_version
-
-    save_note_with_version(study._storage, study._study_id, trial._trial_id, 1, body)
 
 
 def make_app(run: RunFolder):

@@ -36,6 +36,23 @@ def test_annotate_writes_notes_figures_and_metric_name(run_copy):
         assert chunks and json.loads("".join(chunks))["data"]
 
 
+def test_annotate_refreshes_its_own_notes(run_copy):
+    run = load_run(run_copy)
+    study = run.open_study()
+    annotate_study(study)
+    trial = study.trials[5]
+    # a baseline scored after the note was written (a retried uniform merge, with other scores)
+    late = study.ask()
+    late.set_user_attr("baseline", "uniform")
+    late.set_user_attr("categories", dict.fromkeys(trial.user_attrs["categories"], 0.123))
+    study.tell(late, 0.123)
+    annotate_study(study)
+    note = get_note_from_system_attrs(_system(study), trial._trial_id)
+    assert "| 0.123 |" in note["body"] and note["version"] == 2
+    annotate_study(study)  # nothing changed: no new version
+    assert get_note_from_system_attrs(_system(study), trial._trial_id)["version"] == 2
+
+
 def test_annotate_keeps_a_note_the_user_edited(run_copy):
     study = load_run(run_copy).open_study()
     trial = study.trials[4]
