@@ -48,6 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     g.add_argument("--fp32", action="store_true", help="render in fp32 on GPU (default fp16 there)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
     parser.set_defaults(handler=run)
     return parser
 
@@ -149,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from benchmark.score import write_json_atomic
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         prompt_set = load_prompt_set(args.prompts)
         models = resolve_models(args.models)
