@@ -23,7 +23,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, *, metric: str) -> Path:
+def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, *, metric: str,
+                 ylabel: str | None = None) -> Path:
     """Score per trial, the best so far, and each baseline's score as a dashed reference line."""
     done = table[table["state"] == "COMPLETE"]
     fig, ax = plt.subplots(figsize=(7.5, 4))
@@ -42,7 +43,7 @@ def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, 
     for i, (label, value) in enumerate(sorted(references.items())):
         ax.axhline(value, ls="--", lw=1.2, color=colors((i + 3) % 10), label=f"{label} {value:.3f}")
     ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(ylabel or metric, fontsize=9)
     ax.set_title("Optimisation history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)

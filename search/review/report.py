@@ -71,16 +71,21 @@ def summary(study: optuna.Study) -> str:
     if not completed(study):
         return "\n".join(lines + ["no completed trial yet"])
     rows = []
+    penalised = any("tag_recall_raw" in t.user_attrs for t in completed(study))
     for label, trial in compared_trials(study).items():
-        holdout = trial.user_attrs.get("holdout")
-        rows.append({"trial": label, METRIC: trial.value, "holdout": holdout})
+        row = {"trial": label, METRIC: trial.user_attrs.get("tag_recall_raw", trial.value)}
+        if penalised:  # the study maximised recall less a penalty on negative weights
+            row["objective"] = trial.value
+        row["holdout"] = trial.user_attrs.get("holdout")
+        rows.append(row)
     frame = pd.DataFrame(rows).set_index("trial")
     parents = frame[frame.index.str.startswith("parent:")]
     if len(parents):
-        best_parent = parents[METRIC].max()
-        frame["vs best parent"] = frame[METRIC] - best_parent
-    if "vs best parent" in frame:
-        frame["vs best parent"] = frame["vs best parent"].map(lambda v: f"{v:+.4f}")
+        for column, best_parent in ((METRIC, parents[METRIC].max()), ("holdout", parents["holdout"].max())):
+            if pd.notna(best_parent):
+                name = "vs best parent" if column == METRIC else "holdout vs best"
+                frame[name] = (frame[column] - best_parent).map(
+                    lambda v: "-" if pd.isna(v) else f"{v:+.4f}")
     lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     return "\n".join(lines)
 
@@ -102,7 +107,11 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
     _atomic_table(table, csv, parquet)
 
     best = pick_trial(study, "best")
-    history = plots.history_plot(table, references(study), out / "history.png", metric=METRIC)
+    penalised = "tag_recall_raw" in table and (table["tag_recall_raw"] != table[METRIC]).any()
+    history = plots.history_plot(
+        table, references(study), out / "history.png", metric=METRIC,
+        ylabel=f"objective: {METRIC} − penalty × negative weight" if penalised else METRIC,
+    )
     weights = plots.weights_plot(
         block_weights(trial_recipe(best)),
         out / "best_weights.png",
