@@ -53,8 +53,8 @@ def main() -> None:
     results: list[dict] = []
     scorer: dict = {}
 
-    for sampler in args.samplers:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major, so a cut-short run still holds paired comparisons
+        for sampler in args.samplers:
             name = f"quality-{sampler}-s{seed}-t{args.trials}"
             cfg = load_config(args.config, overrides={
                 "name": name, "sampler": sampler, "seed": seed, "budget": {"trials": args.trials},
