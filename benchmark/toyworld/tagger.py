@@ -16,6 +16,10 @@ from pathlib import Path
 from benchmark.toyworld.family import CONFIG_DIR
 
 MODEL_NAME = "toyworld-clip"
+# The vision tower averages its patch tokens (pool_type "avg") instead of reading a class token:
+# trained from scratch for a few hundred steps, a class-token ViT only learned global colour
+# statistics (shape, size and position stayed at chance), while averaged per-patch features see
+# where and how much of the shape there is from the first steps.
 CONFIG_PATH = Path(__file__).with_name("toyworld_clip.json")
 # Templates the tagger is trained with; a subset of the generic CLIP tagger's templates whose
 # words the toy tokenizer knows.

@@ -5,12 +5,13 @@
 Stages (all on CPU, one thread):
   1. draw a seeded data set of world images;
   2. train the VAE, then rescale its latent so that latents x scaling_factor have unit std;
-  3. train the CLIP tagger contrastively on real images and VAE reconstructions;
-  4. train the base UNet and text encoder jointly (captions drop categories at random and are
+  3. train the base UNet and text encoder jointly (captions drop categories at random and are
      dropped whole 10 % of the time, for classifier-free guidance);
-  5. fine-tune specialists from the base on biased subsets whose captions always carry the
+  4. fine-tune specialists from the base on biased subsets whose captions always carry the
      specialist's categories and rarely the others, the way real fine-tunes drift;
+  5. train the CLIP tagger contrastively on real images and VAE reconstructions;
   6. write fp16 single-file checkpoints (SD1 key layout), the tagger, and a training report.
+`--only-tagger` reruns stage 5 alone on the VAE stored in --out (same result as a full run).
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ class TrainConfig(BaseModel):
     # cores and run 5-10x slower than one.
     threads: int = 1
     n_images: int = 8192
-    vae_steps: int = 250
+    vae_steps: int = 200
     vae_batch: int = 32
     vae_lr: float = 2e-3
-    tagger_steps: int = 300
+    tagger_steps: int = 900
     tagger_batch: int = 128
     tagger_lr: float = 2e-3
     base_steps: int = 600
@@ -69,7 +70,7 @@ class TrainConfig(BaseModel):
     caption_dropout: float = 0.1
     specialist_steps: int = 100
     specialist_lr: float = 5e-4
-    other_keep: float = 0.15  # chance a non-focus tag is in a specialist's caption
+    other_keep: float = 0.1  # chance a non-focus tag is in a specialist's caption
     min_snr_gamma: float = 5.0
 
 
@@ -131,9 +132,9 @@ def encode(vae, images: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def reconstruct(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    out = [vae.decode(vae.encode(images[i:i + batch] * 2 - 1).latent_dist.mean).sample
-           for i in range(0, len(images), batch)]
+def decode(vae, latents: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Latent means -> images in [0, 1] (the VAE's reconstructions, what generated images look like)."""
+    out = [vae.decode(latents[i:i + batch]).sample for i in range(0, len(latents), batch)]
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
@@ -166,7 +167,13 @@ def sample_captions(idx: np.ndarray, rng: np.random.Generator, keep: Mapping[str
 # ---------------------------------------------------------------- tagger
 
 def train_tagger(real: torch.Tensor, recon: torch.Tensor, idx: np.ndarray, cfg: TrainConfig, log: Log):
-    """Contrastive training with multi-positive targets: a caption matches every image showing all its tags."""
+    """Contrastive image-text training, in two terms averaged:
+
+    - CLIP's batch loss with multi-positive targets: a caption (1 to 5 of an image's tags in a
+      template) matches every image in the batch that shows all its tags;
+    - the zero-shot form of the same loss: each image against every tag text of a category
+      (the tags are the only captions a category has), so the negatives are the hard ones.
+    """
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     from benchmark.toyworld import tagger as tg
@@ -178,14 +185,21 @@ def train_tagger(real: torch.Tensor, recon: torch.Tensor, idx: np.ndarray, cfg: 
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     hot = torch.from_numpy(tag_table(idx))
     tags = world.all_tags()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.tagger_lr, weight_decay=0.05)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "logit_scale"]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "logit_scale"]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.tagger_lr)
+    slices = [slice(int(a), int(b)) for a, b in zip(np.cumsum([0, *map(len, world.vocabulary().values())])[:-1],
+                                                   np.cumsum([len(t) for t in world.vocabulary().values()]),
+                                                   strict=True)]
+    tag_tokens = tok([tmpl.format(t) for t in tags for tmpl in tg.TEMPLATES])
     sched = _one_cycle(opt, cfg.tagger_lr, cfg.tagger_steps)
     rng = np.random.default_rng(cfg.seed + 2)
     g = torch.Generator().manual_seed(cfg.seed + 2)
     t0 = time.time()
     model.train()
     for step in range(cfg.tagger_steps):
-        b = rng.choice(len(real), cfg.tagger_batch, replace=False)
+        b = rng.choice(len(recon), cfg.tagger_batch, replace=False)
         use_rec = torch.from_numpy(rng.random(len(b)) < 0.5).view(-1, 1, 1, 1)
         x = torch.where(use_rec, recon[b], real[b])
         x = (x + torch.randn(x.shape, generator=g) * 0.03).clamp(0, 1)
@@ -199,11 +213,18 @@ def train_tagger(real: torch.Tensor, recon: torch.Tensor, idx: np.ndarray, cfg: 
             texts.append(template.format(", ".join(tags[c] for c in chosen)))
         img_f = F.normalize(model.encode_image((x - mean) / std), dim=-1)
         txt_f = F.normalize(model.encode_text(tok(texts)), dim=-1)
-        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        scale = model.logit_scale.exp()
+        logits = scale * img_f @ txt_f.T
         # pos[i, j]: caption j's tags all appear in image i
         pos = ((hot[b] @ cap_hot.T) == cap_hot.sum(1)[None, :]).float()
-        loss = 0.5 * (-(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-                      - (pos / pos.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+        batch_loss = 0.5 * (-(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+                            - (pos / pos.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+        tag_f = F.normalize(model.encode_text(tag_tokens), dim=-1).view(len(tags), len(tg.TEMPLATES), -1)
+        tag_f = F.normalize(tag_f.mean(1), dim=-1)  # the zero-shot tagger's template-averaged tag vectors
+        tag_logits = scale * img_f @ tag_f.T
+        truth = torch.from_numpy(idx[b])
+        zero_shot_loss = sum(F.cross_entropy(tag_logits[:, sl], truth[:, c]) for c, sl in enumerate(slices))
+        loss = 0.5 * (batch_loss + zero_shot_loss / len(slices))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -211,7 +232,8 @@ def train_tagger(real: torch.Tensor, recon: torch.Tensor, idx: np.ndarray, cfg: 
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 50 == 0 or step == cfg.tagger_steps - 1:
-            log(f"tagger step {step:4d} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f} "
+            log(f"tagger step {step:4d} loss {loss.item():.4f} (zero-shot {zero_shot_loss.item() / len(slices):.4f}) "
+                f"scale {model.logit_scale.exp().item():.1f} "
                 f"({time.time() - t0:.0f}s)")
     model.eval()
     return model
@@ -275,9 +297,13 @@ def subset_indices(idx: np.ndarray, subset: Mapping[str, tuple[str, ...]]) -> np
 
 # ---------------------------------------------------------------- driver
 
-def train(cfg: TrainConfig, out: Path, log: Log = print) -> dict[str, float]:
+def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = False) -> dict[str, float]:
+    """Run every stage; with `only_tagger`, retrain just the tagger on the VAE already in `out`.
+
+    Each stage seeds its own generators from cfg.seed, and the VAE is rounded to fp16 (as it is
+    stored) before anything uses it, so the tagger trained alone is the one a full run trains.
+    """
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = time.time()
@@ -290,21 +316,56 @@ def train(cfg: TrainConfig, out: Path, log: Log = print) -> dict[str, float]:
     log(f"data: {len(images)} images ({times['data']:.0f}s)")
 
     t = time.time()
-    vae = train_vae(images, cfg, log)
+    if only_tagger:
+        vae = _vae_from(out / "base.safetensors")
+    else:
+        vae = train_vae(images, cfg, log).to(torch.float16).to(torch.float32)
     lat_mean, lat_std = encode(vae, images)
-    recon = reconstruct(vae, images)
     times["vae"] = time.time() - t
-    log(f"vae: recon mse {F.mse_loss(recon * 2 - 1, images * 2 - 1).item():.4f} ([-1,1] scale), "
-        f"latent std x scale {(lat_mean * vae.config.scaling_factor).std().item():.3f} ({times['vae']:.0f}s)")
+    log(f"vae: latent std x scale {(lat_mean * vae.config.scaling_factor).std().item():.3f} ({times['vae']:.0f}s)")
+
+    if not only_tagger:
+        _train_zoo(cfg, out, log, idx, vae, lat_mean, lat_std, times)
 
     t = time.time()
+    n_rec = len(images) // 2  # the tagger sees reconstructions of half the data set
+    recon = decode(vae, lat_mean[:n_rec])
+    log(f"vae recon mse {F.mse_loss(recon * 2 - 1, images[:n_rec] * 2 - 1).item():.4f} ([-1,1] scale)")
     clip = train_tagger(images, recon, idx, cfg, log)
     tagger_sd = {k: v.detach().to(torch.float16) if v.is_floating_point() else v
                  for k, v in clip.state_dict().items()}
     save_single_file(tagger_sd, out / TAGGER_FILE, {"format": "pt", "toyworld_model": "tagger",
                                                     "seed": str(cfg.seed)})
     times["tagger"] = time.time() - t
+    times["total"] = time.time() - t_all
+    report = out / "train_report.json"
+    old = json.loads(report.read_text()) if only_tagger and report.is_file() else {}
+    seconds = {**old.get("seconds", {}), **{k: round(v, 1) for k, v in times.items()}}
+    if only_tagger:
+        seconds.pop("total", None)
+        seconds["total"] = round(sum(v for k, v in seconds.items() if k != "total"), 1)
+    report.write_text(json.dumps(
+        {"config": cfg.model_dump(), "seconds": seconds,
+         "specialists": {k: v.model_dump() for k, v in SPECIALISTS.items()}}, indent=2) + "\n")
+    log("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    return times
 
+
+def _vae_from(path: Path):
+    from safetensors.torch import load_file
+
+    from benchmark.toyworld.single_file import from_single_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the tagger stage needs the VAE of a trained base; run a full training first")
+    unet, vae, te = family.build_unet(), family.build_vae(), family.build_text_encoder()
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    from_single_file(sd, unet, vae, te)
+    return vae.eval()
+
+
+def _train_zoo(cfg: TrainConfig, out: Path, log: Log, idx: np.ndarray, vae, lat_mean: torch.Tensor,
+               lat_std: torch.Tensor, times: dict[str, float]) -> None:
     t = time.time()
     torch.manual_seed(cfg.seed + 3)
     unet, te = family.build_unet(), family.build_text_encoder()
@@ -329,12 +390,6 @@ def train(cfg: TrainConfig, out: Path, log: Log = print) -> dict[str, float]:
         modules_to_file(unet, vae, te, out / f"{name}.safetensors",
                         metadata={**meta, "toyworld_model": name, "focus": ",".join(spec.focus)})
         times[name] = time.time() - t
-    times["total"] = time.time() - t_all
-    (out / "train_report.json").write_text(json.dumps(
-        {"config": cfg.model_dump(), "seconds": {k: round(v, 1) for k, v in times.items()},
-         "specialists": {k: v.model_dump() for k, v in SPECIALISTS.items()}}, indent=2) + "\n")
-    log("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
-    return times
 
 
 def _copy(module) -> dict[str, torch.Tensor]:
@@ -345,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.toyworld.train", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
+    p.add_argument("--only-tagger", action="store_true",
+                   help="retrain only the tagger, on the VAE of the base already in --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override TrainConfig fields, e.g. base_steps=200 (for quick trials)")
     args = p.parse_args(argv)
@@ -358,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    train(cfg, args.out, log)
+    try:
+        train(cfg, args.out, log, only_tagger=args.only_tagger)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
