@@ -50,7 +50,7 @@ def derive_sd2(sd1: dict[str, list], sdxl: dict[str, list]) -> dict[str, list]:
     for key, (shape, dtype, optional) in sdxl.items():
         if not key.startswith(prefix):
             continue
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         m = re.match(r"transformer\.resblocks\.(\d+)\.", rest)
         if m and int(m.group(1)) >= layers:
             continue
