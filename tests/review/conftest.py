@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,8 +35,12 @@ def standin_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_copy(standin_run, tmp_path) -> Path:
-    """A private copy, for tests that write into the run folder."""
-    return Path(shutil.copytree(standin_run, tmp_path / "run"))
+    """A private copy (study included), for tests that write into the study."""
+    copy = Path(shutil.copytree(standin_run, tmp_path / "run"))
+    info = json.loads((copy / "run.json").read_text())
+    info["storage"] = f"sqlite:///{copy / 'study.db'}"  # run.json names its database by absolute path
+    (copy / "run.json").write_text(json.dumps(info))
+    return copy
 
 
 @pytest.fixture(scope="session")
