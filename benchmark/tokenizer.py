@@ -27,7 +27,8 @@ def _bpe_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (and GPT-2's) reversible byte -> printable unicode map."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -44,7 +45,7 @@ def clip_bpe() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """(vocab, merges) exactly as in openai/clip-vit-large-patch14's tokenizer files."""
     lines = gzip.open(_bpe_path()).read().decode("utf-8").split("\n")[1 : _N_MERGES + 1]
     merges = tuple(tuple(line.split()) for line in lines)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return {t: i for i, t in enumerate(vocab)}, merges

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from benchmark.tokenizer import bytes_to_unicode
 from benchmark.toyworld.world import all_tags
 
 # Words a prompt template or a zero-shot tagger may wrap tags in.
@@ -23,19 +24,6 @@ EXTRA_WORDS = ("a", "an", "the", "of", "photo", "picture", "image", "drawing", "
                "shape", "colour", "color", "background", ",")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MODEL_MAX_LENGTH = 32
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def words() -> list[str]:
