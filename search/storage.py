@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -72,4 +73,19 @@ def make_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
         kwargs = {"connect_args": {"timeout": 60}}
     else:  # long searches outlive idle connections: test each one before use
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    # Optuna creates its tables on first use; a second process opening the same new storage at that
+    # moment (status or dashboard from another host, a test polling) makes one side see
+    # "already exists". The tables are there by then, so opening again succeeds.
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except sqlalchemy.exc.DBAPIError as exc:
+            if attempt == 2 or not _lost_schema_race(exc):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key" in text

@@ -87,3 +87,35 @@ def test_sqlite_is_in_wal_mode(tmp_path, tiny_models):
     run_search(prepare(cfg, evaluator=fake()))
     with sqlite3.connect(tmp_path / "runs" / "t" / "study.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_opening_a_storage_survives_a_concurrent_schema_creation(tmp_path, monkeypatch):
+    """Another process creating Optuna's tables at the same moment must not kill the driver."""
+    import sqlalchemy
+
+    from search import storage as storage_module
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # the other process won the race: its tables now exist
+            real(url, **kwargs)
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url, **kwargs)
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(storage_module.optuna.storages, "RDBStorage", racing)
+        storage = storage_module.make_storage(url)
+    assert len(calls) == 2 and isinstance(storage, real)
+    optuna.create_study(study_name="raced", storage=storage)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage=url)] == ["raced"]
+
+    def broken(url, **kwargs):
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(storage_module.optuna.storages, "RDBStorage", broken)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="disk I/O error"):
+        storage_module.make_storage(url)  # other database errors are not retried away
