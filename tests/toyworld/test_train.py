@@ -7,8 +7,8 @@ from benchmark.toyworld import family, train, world
 
 
 def _tiny(**kw):
-    return train.TrainConfig(n_images=64, vae_steps=2, vae_batch=8, tagger_steps=2, tagger_batch=16,
-                             batch=8, **kw)
+    return train.TrainConfig(**{"n_images": 64, "vae_steps": 2, "vae_batch": 8, "tagger_steps": 2,
+                                "tagger_batch": 16, "batch": 8, **kw})
 
 
 def _same(a, b):
@@ -46,3 +46,50 @@ def test_captions_and_subsets():
     sub, rows = train.subset_indices(idx, {"size": ("large",)})
     assert len(sub) == len(rows) > 0 and set(sub[:, world.categories().index("size")]) == {1}
     assert np.array_equal(idx[rows], sub)
+
+
+def test_foreground_weight_marks_the_shape_only():
+    idx = world.sample_indices(4, seed=3)
+    x = world.draw_batch(idx, seed=3) * 2 - 1
+    w = train._foreground_weight(x)
+    assert w.shape == (4, 1, 32, 32) and set(w.unique().tolist()) <= {1.0, 5.0}
+    share = (w > 1).float().mean((1, 2, 3))
+    assert ((share > 0.05) & (share < 0.5)).all()  # a shape, not the background
+    plain = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.equal(train._foreground_weight(plain), torch.ones(1, 1, 32, 32))
+
+
+def test_timesteps_lean_to_high_noise_by_the_configured_share():
+    g = torch.Generator().manual_seed(0)
+    uniform = train._timesteps(20000, 1000, 0.0, g)
+    leaning = train._timesteps(20000, 1000, 1.0, g)
+    assert 0 <= int(leaning.min()) and int(leaning.max()) <= 999
+    assert abs(uniform.float().mean().item() - 500) < 15
+    assert abs(leaning.float().mean().item() - 667) < 15  # E[sqrt(u)] = 2/3
+
+
+def test_tagger_stage_repeats_exactly(tmp_path):
+    cfg = _tiny()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        train.tagger_stage(cfg, tmp_path / name, lambda _: None)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / n / train.TAGGER_FILE)) for n in ("a", "b"))
+    assert _same(a, b)
+
+
+def test_full_training_writes_a_loadable_zoo(tmp_path):
+    """The driver end to end at toy size: worker processes for the tagger and specialists."""
+    import json
+
+    from benchmark.toyworld import zoo
+    from benchmark.toyworld.evaluate import load_pipeline
+
+    cfg = _tiny(base_steps=2, specialist_steps=1, n_images=256)
+    times = train.train(cfg, tmp_path, lambda _: None)
+    assert {"vae", "base", "tagger", *train.SPECIALISTS} <= times.keys()
+    for path in zoo(tmp_path).values():
+        assert load_pipeline(path).unet.config.layers_per_block == 2
+    assert (tmp_path / train.TAGGER_FILE).is_file()
+    assert json.loads((tmp_path / "train_report.json").read_text())["config"]["seed"] == 0
