@@ -377,7 +377,26 @@ def base_stage(cfg: TrainConfig, out: Path, log: Log) -> tuple[dict[str, float],
     t = time.time()
     base = train_base(cfg, out, log, idx, vae, lat_mean, lat_std)
     times["base"] = time.time() - t
-    return times, (base, _copy(vae), idx, lat_mean, lat_std)
+    return times, (_as_stored(base), _copy(vae), idx, lat_mean, lat_std)
+
+
+def _as_stored(states: tuple[dict, ...]) -> tuple[dict, ...]:
+    """State dicts rounded through fp16, as the checkpoint files hold them: specialists are
+    fine-tuned from the published base, so `--only-specialists` (from the file) gives the same."""
+    return tuple({k: v.half().float() if v.is_floating_point() else v for k, v in sd.items()} for sd in states)
+
+
+def handoff_from_file(cfg: TrainConfig, out: Path) -> tuple:
+    """What the specialists start from, rebuilt from a stored base (for --only-specialists)."""
+    from benchmark.toyworld.evaluate import load_pipeline
+
+    path = out / "base.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: --only-specialists needs a trained base; run a full training first")
+    pipe = load_pipeline(path)
+    idx, images = draw_dataset(cfg)
+    lat_mean, lat_std = encode(pipe.vae, images)
+    return (_copy(pipe.unet), _copy(pipe.text_encoder)), _copy(pipe.vae), idx, lat_mean, lat_std
 
 
 def _base_process(cfg_json: str, out: str) -> tuple[dict[str, float], tuple]:
@@ -392,7 +411,8 @@ def _tagger_process(cfg_json: str, out: str) -> float:
     return tagger_stage(TrainConfig.model_validate_json(cfg_json), Path(out), _process_log("[tagger] "))
 
 
-def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = False) -> dict[str, float]:
+def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = False,
+          only_specialists: bool = False) -> dict[str, float]:
     """Run every stage; with `only_tagger`, retrain just the tagger.
 
     The stages run in two worker processes while this one only waits: the tagger (it depends on
@@ -411,21 +431,25 @@ def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = 
     else:
         cfg_json = cfg.model_dump_json()
         with multiprocessing.get_context("spawn").Pool(2) as pool:
-            tagger_job = pool.apply_async(_tagger_process, (cfg_json, str(out)))
-            base_times, handoff = pool.apply_async(_base_process, (cfg_json, str(out))).get()
-            times |= base_times
+            tagger_job = None if only_specialists else pool.apply_async(_tagger_process, (cfg_json, str(out)))
+            if only_specialists:
+                handoff = handoff_from_file(cfg, out)
+            else:
+                base_times, handoff = pool.apply_async(_base_process, (cfg_json, str(out))).get()
+                times |= base_times
             t = time.time()
             jobs = {name: pool.apply_async(_specialist_process, (cfg_json, str(out), name, *handoff))
                     for name in SPECIALISTS}
             times |= {name: job.get() for name, job in jobs.items()}
             times["specialists (wall)"] = time.time() - t
-            times["tagger"] = tagger_job.get()
+            if tagger_job is not None:
+                times["tagger"] = tagger_job.get()
     times["total"] = time.time() - t_all
     report = out / "train_report.json"
-    old = json.loads(report.read_text()) if only_tagger and report.is_file() else {}
+    old = json.loads(report.read_text()) if (only_tagger or only_specialists) and report.is_file() else {}
     seconds = {**old.get("seconds", {}), **{k: round(v, 1) for k, v in times.items()}}
-    if only_tagger:
-        seconds["total"] = old.get("seconds", {}).get("total", seconds["tagger"])
+    if only_tagger or only_specialists:
+        seconds["total"] = old.get("seconds", {}).get("total", seconds["total"])
     report.write_text(json.dumps(
         {"config": cfg.model_dump(), "seconds": seconds,
          "note": "tagger trains in a second process beside the VAE and zoo; total is wall time",
@@ -487,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
     p.add_argument("--only-tagger", action="store_true", help="retrain only the tagger")
+    p.add_argument("--only-specialists", action="store_true",
+                   help="retrain only the specialists, from the base already in --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override TrainConfig fields, e.g. base_steps=200 (for quick trials)")
     args = p.parse_args(argv)
@@ -498,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        train(cfg, args.out, _process_log(), only_tagger=args.only_tagger)
+        train(cfg, args.out, _process_log(), only_tagger=args.only_tagger, only_specialists=args.only_specialists)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

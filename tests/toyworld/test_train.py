@@ -93,3 +93,8 @@ def test_full_training_writes_a_loadable_zoo(tmp_path):
         assert load_pipeline(path).unet.config.layers_per_block == 2
     assert (tmp_path / train.TAGGER_FILE).is_file()
     assert json.loads((tmp_path / "train_report.json").read_text())["config"]["seed"] == 0
+
+    # Specialists start from the stored base, so retraining them alone gives the same files.
+    before = {n: (tmp_path / f"{n}.safetensors").read_bytes() for n in train.SPECIALISTS}
+    train.train(cfg, tmp_path, lambda _: None, only_specialists=True)
+    assert all((tmp_path / f"{n}.safetensors").read_bytes() == before[n] for n in train.SPECIALISTS)
