@@ -25,12 +25,10 @@ FRESH_SEED = 12345
 def category_accuracy(probs: np.ndarray, scenes: Sequence[Mapping[str, str]]) -> dict[str, float]:
     """Top-1 accuracy per category of a [n_images, n_tags] matrix in vocabulary column order."""
     vocab = world.vocabulary()
-    out, start = {}, 0
-    for cat, tags in vocab.items():
-        block = probs[:, start:start + len(tags)]
-        truth = np.array([tags.index(s[cat]) for s in scenes])
-        out[cat] = float((block.argmax(1) == truth).mean())
-        start += len(tags)
+    out = {}
+    for cat, cols in world.category_slices().items():
+        truth = np.array([vocab[cat].index(s[cat]) for s in scenes])
+        out[cat] = float((probs[:, cols].argmax(1) == truth).mean())
     return out
 
 

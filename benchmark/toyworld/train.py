@@ -11,7 +11,8 @@ Stages (all on CPU, one thread each):
      specialist's categories and rarely the others, the way real fine-tunes drift;
   5. train the CLIP tagger contrastively on world images (in a second process, beside 2-4);
   6. write fp16 single-file checkpoints (SD1 key layout), the tagger, and a training report.
-`--only-tagger` reruns stage 5 alone (same result as in a full run).
+`--only-tagger` reruns stage 5 alone and `--only-specialists` stage 4 from the stored base (each the same
+result as in a full run).
 """
 
 from __future__ import annotations
@@ -164,9 +165,8 @@ def decode(vae, latents: torch.Tensor, batch: int = 512) -> torch.Tensor:
 
 def tag_table(idx: np.ndarray) -> np.ndarray:
     """[n, n_categories] indices -> [n, n_tags] multi-hot in vocabulary column order."""
-    vocab = world.vocabulary()
-    offsets = np.cumsum([0] + [len(t) for t in vocab.values()])[:-1]
-    hot = np.zeros((len(idx), offsets[-1] + len(list(vocab.values())[-1])), dtype=np.float32)
+    offsets = np.array([cols.start for cols in world.category_slices().values()])
+    hot = np.zeros((len(idx), len(world.all_tags())), dtype=np.float32)
     hot[np.arange(len(idx))[:, None], idx + offsets[None, :]] = 1
     return hot
 
@@ -216,9 +216,7 @@ def train_tagger(images: torch.Tensor, idx: np.ndarray, cfg: TrainConfig, log: L
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "logit_scale"]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.tagger_lr)
-    slices = [slice(int(a), int(b)) for a, b in zip(np.cumsum([0, *map(len, world.vocabulary().values())])[:-1],
-                                                   np.cumsum([len(t) for t in world.vocabulary().values()]),
-                                                   strict=True)]
+    slices = list(world.category_slices().values())
     tag_tokens = tok([tmpl.format(t) for t in tags for tmpl in tg.TEMPLATES])
     sched = _one_cycle(opt, cfg.tagger_lr, cfg.tagger_steps)
     rng = np.random.default_rng(cfg.seed + 2)
@@ -335,10 +333,6 @@ def subset_indices(idx: np.ndarray, subset: Mapping[str, tuple[str, ...]]) -> np
 
 # ---------------------------------------------------------------- driver
 
-def _set_up_torch(cfg: TrainConfig) -> None:
-    torch.set_num_threads(cfg.threads)
-
-
 def draw_dataset(cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
     """The seeded training scenes (tag indices) and their images."""
     idx = world.sample_indices(cfg.n_images, seed=cfg.seed)
@@ -347,17 +341,14 @@ def draw_dataset(cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
     return idx, images
 
 
-def tagger_stage(cfg: TrainConfig, out: Path, log: Log = print) -> float:
-    """Train the tagger on its own data and write it; returns the seconds it took."""
-    _set_up_torch(cfg)
-    t = time.time()
+def tagger_stage(cfg: TrainConfig, out: Path, log: Log = print) -> None:
+    """Train the tagger on its own data and write it."""
     idx, images = draw_dataset(cfg)
     clip = train_tagger(images, idx, cfg, log)
     tagger_sd = {k: v.detach().to(torch.float16) if v.is_floating_point() else v
                  for k, v in clip.state_dict().items()}
     save_single_file(tagger_sd, out / TAGGER_FILE, {"format": "pt", "toyworld_model": "tagger",
                                                     "seed": str(cfg.seed)})
-    return time.time() - t
 
 
 def base_stage(cfg: TrainConfig, out: Path, log: Log) -> tuple[dict[str, float], tuple]:
@@ -377,7 +368,7 @@ def base_stage(cfg: TrainConfig, out: Path, log: Log) -> tuple[dict[str, float],
     t = time.time()
     base = train_base(cfg, out, log, idx, vae, lat_mean, lat_std)
     times["base"] = time.time() - t
-    return times, (_as_stored(base), _copy(vae), idx, lat_mean, lat_std)
+    return times, (base, _copy(vae), idx, lat_mean, lat_std)
 
 
 def _as_stored(states: tuple[dict, ...]) -> tuple[dict, ...]:
@@ -399,21 +390,18 @@ def handoff_from_file(cfg: TrainConfig, out: Path) -> tuple:
     return (_copy(pipe.unet), _copy(pipe.text_encoder)), _copy(pipe.vae), idx, lat_mean, lat_std
 
 
-def _base_process(cfg_json: str, out: str) -> tuple[dict[str, float], tuple]:
-    """Entry point of the base's worker process."""
+def _in_worker(stage: Callable, cfg_json: str, out: str, *args, prefix: str = "") -> tuple[float, object]:
+    """Run a stage in a worker process: (seconds it took, what it returned)."""
     cfg = TrainConfig.model_validate_json(cfg_json)
-    _set_up_torch(cfg)
-    return base_stage(cfg, Path(out), _process_log())
-
-
-def _tagger_process(cfg_json: str, out: str) -> float:
-    """Entry point of the tagger's worker process."""
-    return tagger_stage(TrainConfig.model_validate_json(cfg_json), Path(out), _process_log("[tagger] "))
+    torch.set_num_threads(cfg.threads)
+    t = time.time()
+    result = stage(cfg, Path(out), _process_log(prefix), *args)
+    return time.time() - t, result
 
 
 def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = False,
           only_specialists: bool = False) -> dict[str, float]:
-    """Run every stage; with `only_tagger`, retrain just the tagger.
+    """Run every stage; with `only_tagger` or `only_specialists`, retrain just those.
 
     The stages run in two worker processes while this one only waits: the tagger (it depends on
     nothing else) beside the VAE and base, then the specialists (they depend only on the base)
@@ -422,28 +410,30 @@ def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = 
     """
     import multiprocessing
 
-    _set_up_torch(cfg)
+    torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = time.time()
     if only_tagger:
-        times["tagger"] = tagger_stage(cfg, out, log)
+        tagger_stage(cfg, out, log)
+        times["tagger"] = time.time() - t_all
     else:
         cfg_json = cfg.model_dump_json()
         with multiprocessing.get_context("spawn").Pool(2) as pool:
-            tagger_job = None if only_specialists else pool.apply_async(_tagger_process, (cfg_json, str(out)))
+            tagger_job = None if only_specialists else pool.apply_async(
+                _in_worker, (tagger_stage, cfg_json, str(out)), {"prefix": "[tagger] "})
             if only_specialists:
                 handoff = handoff_from_file(cfg, out)
             else:
-                base_times, handoff = pool.apply_async(_base_process, (cfg_json, str(out))).get()
+                _, (base_times, handoff) = pool.apply_async(_in_worker, (base_stage, cfg_json, str(out))).get()
                 times |= base_times
             t = time.time()
-            jobs = {name: pool.apply_async(_specialist_process, (cfg_json, str(out), name, *handoff))
+            jobs = {name: pool.apply_async(_in_worker, (train_specialist, cfg_json, str(out), name, *handoff))
                     for name in SPECIALISTS}
-            times |= {name: job.get() for name, job in jobs.items()}
+            times |= {name: job.get()[0] for name, job in jobs.items()}
             times["specialists (wall)"] = time.time() - t
             if tagger_job is not None:
-                times["tagger"] = tagger_job.get()
+                times["tagger"] = tagger_job.get()[0]
     times["total"] = time.time() - t_all
     report = out / "train_report.json"
     old = json.loads(report.read_text()) if (only_tagger or only_specialists) and report.is_file() else {}
@@ -460,14 +450,14 @@ def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = 
 
 def train_base(cfg: TrainConfig, out: Path, log: Log, idx: np.ndarray, vae, lat_mean: torch.Tensor,
                lat_std: torch.Tensor) -> tuple[dict, dict]:
-    """Train and write the base; returns its (unet, text encoder) state dicts for the specialists."""
+    """Train and write the base; returns its (unet, text encoder) state dicts as stored, for the specialists."""
     torch.manual_seed(cfg.seed + 3)
     unet, te = family.build_unet(), family.build_text_encoder()
     train_diffusion(unet, te, lat_mean, lat_std, idx, steps=cfg.base_steps, lr=cfg.base_lr,
                     keep=dict.fromkeys(world.categories(), cfg.base_keep), cfg=cfg, seed=cfg.seed + 4, name="base",
                     log=log, one_cycle=True)
     modules_to_file(unet, vae, te, out / "base.safetensors", metadata={"seed": str(cfg.seed), "toyworld_model": "base"})
-    return _copy(unet), _copy(te)
+    return _as_stored((unet.state_dict(), te.state_dict()))
 
 
 def train_specialist(cfg: TrainConfig, out: Path, log: Log, name: str, base: tuple[dict, dict], vae_state: dict,
@@ -487,15 +477,6 @@ def train_specialist(cfg: TrainConfig, out: Path, log: Log, name: str, base: tup
                     metadata={"seed": str(cfg.seed), "toyworld_model": name, "focus": ",".join(spec.focus)})
 
 
-def _specialist_process(cfg_json: str, out: str, name: str, *args) -> float:
-    """Entry point of a specialist's worker process."""
-    cfg = TrainConfig.model_validate_json(cfg_json)
-    _set_up_torch(cfg)
-    t = time.time()
-    train_specialist(cfg, Path(out), _process_log(), name, *args)
-    return time.time() - t
-
-
 def _process_log(prefix: str = "") -> Log:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {prefix}{msg}", flush=True)
@@ -510,9 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.toyworld.train", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
-    p.add_argument("--only-tagger", action="store_true", help="retrain only the tagger")
-    p.add_argument("--only-specialists", action="store_true",
-                   help="retrain only the specialists, from the base already in --out")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--only-tagger", action="store_true", help="retrain only the tagger")
+    only.add_argument("--only-specialists", action="store_true",
+                      help="retrain only the specialists, from the base already in --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override TrainConfig fields, e.g. base_steps=200 (for quick trials)")
     args = p.parse_args(argv)

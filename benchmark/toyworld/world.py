@@ -69,6 +69,15 @@ def all_tags() -> tuple[str, ...]:
     return tuple(t for tags in vocabulary().values() for t in tags)
 
 
+def category_slices() -> dict[str, slice]:
+    """Category -> its tags' columns in vocabulary column order (the order of `all_tags()`)."""
+    out, start = {}, 0
+    for cat, tags in vocabulary().items():
+        out[cat] = slice(start, start + len(tags))
+        start += len(tags)
+    return out
+
+
 def sample_indices(n: int, seed: int, probs: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
     """Draw n scenes as an int array [n, n_categories] of tag indices (uniform unless `probs` given)."""
     rng = np.random.default_rng(seed)
