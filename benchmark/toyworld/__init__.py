@@ -16,7 +16,7 @@ from benchmark.toyworld.family import CONFIG_DIR
 from benchmark.toyworld.world import VOCAB_PATH
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-MODEL_NAMES = ("base", "colorist", "shaper", "placer")
+MODEL_NAMES = ("base", "colorist", "sizer", "backdrop")
 TAGGER_FILE = "tagger.safetensors"
 
 __all__ = ["CONFIG_DIR", "MODEL_NAMES", "VOCAB_PATH", "WEIGHTS_DIR", "random_checkpoint", "tagger_path", "zoo"]

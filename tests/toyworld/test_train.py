@@ -98,3 +98,37 @@ def test_full_training_writes_a_loadable_zoo(tmp_path):
     before = {n: (tmp_path / f"{n}.safetensors").read_bytes() for n in train.SPECIALISTS}
     train.train(cfg, tmp_path, lambda _: None, only_specialists=True)
     assert all((tmp_path / f"{n}.safetensors").read_bytes() == before[n] for n in train.SPECIALISTS)
+
+
+def test_base_trains_the_same_on_two_processes_as_on_one(tmp_path):
+    """Data-parallel ranks draw the same batch, train on halves and average gradients: the same
+    steps as one process over the whole batch, up to float rounding."""
+    import multiprocessing
+
+    torch.set_num_threads(1)
+    one, two = _tiny(base_steps=3, base_processes=1), _tiny(base_steps=3, base_processes=2)
+    vae_state, mean, std = train.vae_stage(one, tmp_path, lambda _: None)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        bases = [train.train_base(pool, cfg, tmp_path / str(cfg.base_processes), vae_state, mean, std)
+                 for cfg in (one, two)]
+    for a, b in zip(*bases, strict=True):
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-3) for k in a)
+    torch.manual_seed(one.seed + 3)  # the base's initialisation
+    init = family.build_unet().state_dict()
+    moved = [k for k, v in bases[0][0].items() if not torch.allclose(v, init[k].half().float(), atol=1e-4)]
+    assert moved  # the comparison is between trained weights, not two copies of the initialisation
+
+
+def test_the_zoo_trains_v_prediction_to_zero_terminal_snr():
+    """The sampler starts from pure noise, so training ends at SNR 0 and predicts v (epsilon is
+    undefined there) with weight 1, which keeps the layout-deciding noisy steps in the loss."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(family.build_scheduler().config)
+    assert sched.config.prediction_type == "v_prediction"
+    assert sched.alphas_cumprod[-1] < 1e-6
+    assert torch.equal(train._loss_weight(sched, 5.0), torch.ones(1000))
+    eps = DDPMScheduler.from_config({**sched.config, "prediction_type": "epsilon", "rescale_betas_zero_snr": False})
+    w = train._loss_weight(eps, 5.0)
+    assert w[0] < 0.01 and w[-1] == 1  # min-SNR: low-noise steps weigh little
