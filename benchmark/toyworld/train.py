@@ -527,7 +527,8 @@ def train(cfg: TrainConfig, out: Path, log: Log = print, *, only_tagger: bool = 
         seconds["total"] = old.get("seconds", {}).get("total", seconds["total"])
     report.write_text(json.dumps(
         {"config": cfg.model_dump(), "seconds": seconds,
-         "note": "the tagger trains beside the VAE, the base data-parallel on two processes; total is wall time",
+         "note": f"the tagger trains beside the VAE, the base data-parallel on {cfg.base_processes} processes; "
+                 "total is wall time",
          "specialists": {k: v.model_dump() for k, v in SPECIALISTS.items()}}, indent=2) + "\n")
     log("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return times

@@ -60,7 +60,7 @@ def test_tagger_reads_drawn_images_through_the_registered_zero_shot_path():
     probs = tagger.tag(world.to_pil(world.draw_batch(idx, seed=4242)), load_vocabulary())
     assert probs.shape == (48, len(world.all_tags()))
     acc = category_accuracy(probs, world.indices_to_scenes(idx))
-    # Shape is not yet learned by the committed tagger (0.3 on fresh images); the rest read at >= 0.99.
+    # Shape read at 0.3 with an earlier tagger, so it is left out here; check_tagger measures all five.
     assert min(acc[c] for c in ("colour", "size", "position", "background")) >= 0.9, acc
     assert np.allclose(probs.reshape(48, -1).sum(1), len(world.categories()))  # a softmax per category
 
