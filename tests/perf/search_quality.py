@@ -1,11 +1,16 @@
 """Search quality on the toy world: the `auto` sampler (baselines, Sobol start, GP) against random
-search, several seeds each, with the same budget, config and workers. For each run: the holdout score
-of the best-by-search trial among the first 20, 40 and 80 trials (the search never sees the holdout
-prompts, so this is the gain a user would get).
+search, several seeds each, with the same budget, config and workers. For each run and each
+checkpoint k: the holdout score of the best-by-search trial among the first k trials (the search
+never sees the holdout prompts, so this is the gain a user would get), and the mean holdout score
+of the top `--top` trials by search score (less noisy: it says how good the sampler's candidates
+are, not how lucky the single best was).
 
     .venv/bin/python tests/perf/search_quality.py [--trials 80] [--seeds 0 1 2] [--workers 2]
+    .venv/bin/python tests/perf/search_quality.py --trials 80 --analyse    # re-read finished studies
+    .venv/bin/python tests/perf/search_quality.py --trials 40 --checkpoints 20 40 --prompts 128
 
 Takes about (2 samplers x seeds x trials x ~5 s) / workers on this machine: run it in the background.
+Holdout scores the search did not already store are rendered here, once per trial.
 """
 
 from __future__ import annotations
@@ -14,22 +19,42 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def best_holdout_at(trials, k: int, score_holdout) -> tuple[float, float, int] | None:
+class HoldoutScores:
+    """Holdout score per trial: the one the search stored, or rendered here once and cached."""
+
+    def __init__(self, evaluate: Callable[[str], float]):
+        self._evaluate = evaluate
+        self._cache: dict[int, float] = {}
+
+    def __call__(self, trial: FrozenTrial) -> float:
+        if "holdout" in trial.user_attrs:
+            return float(trial.user_attrs["holdout"])
+        if trial.number not in self._cache:
+            self._cache[trial.number] = self._evaluate(trial.user_attrs["recipe"])
+        return self._cache[trial.number]
+
+
+def ranked_by_search(trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
     done = [t for t in trials if t.number < k and t.state == TrialState.COMPLETE]
-    if not done:
+    return sorted(done, key=lambda t: t.value, reverse=True)
+
+
+def checkpoint_row(trials: list[FrozenTrial], k: int, top: int, holdout: HoldoutScores) -> dict | None:
+    ranked = ranked_by_search(trials, k)
+    if not ranked:
         return None
-    best = max(done, key=lambda t: t.value)
-    h = best.user_attrs.get("holdout")
-    if h is None:  # became best only in hindsight (asynchronous completion): score it now
-        h = score_holdout(best.user_attrs["recipe"])
-    return best.value, h, best.number
+    best = ranked[0]
+    top_holdout = [holdout(t) for t in ranked[:top]]
+    return {"search": best.value, "holdout": holdout(best), "trial": best.number,
+            f"top{top}_holdout": statistics.mean(top_holdout)}
 
 
 def main() -> None:
@@ -40,8 +65,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--samplers", nargs="+", default=["auto", "random"])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=None, help="prompts per split (default: the config's)")
+    p.add_argument("--top", type=int, default=5, help="also report the mean holdout of the top N by search")
+    p.add_argument("--analyse", action="store_true", help="read finished studies from --out, run nothing")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "perf-search-quality")
     args = p.parse_args()
+
+    import optuna
 
     from search.config import load_config
     from search.evaluator import BenchmarkEvaluator
@@ -51,50 +81,63 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(args.out / 'quality.db').resolve()}"
     results: list[dict] = []
-    scorer: dict = {}
+    evaluator: dict = {}
 
     for seed in args.seeds:  # seed-major, so a cut-short run still holds paired comparisons
         for sampler in args.samplers:
-            name = f"quality-{sampler}-s{seed}-t{args.trials}"
-            cfg = load_config(args.config, overrides={
+            name = f"quality-{sampler}-s{seed}-t{args.trials}" + (f"-n{args.prompts}" if args.prompts else "")
+            overrides = {
                 "name": name, "sampler": sampler, "seed": seed, "budget": {"trials": args.trials},
                 "runs_dir": str(args.out), "storage": storage,
-                "workers.count": args.workers, "workers.backend": "ray" if args.workers > 1 else "local"})
+                "workers.count": args.workers, "workers.backend": "ray" if args.workers > 1 else "local"}
+            if args.prompts:
+                overrides["objective.n"] = args.prompts
+            cfg = load_config(args.config, overrides=overrides)
             prepared = prepare(cfg)
             t0 = time.time()
-            run = run_search(prepared)
+            if args.analyse:
+                trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+            else:
+                trials = run_search(prepared).study.get_trials()
             wall = time.time() - t0
-            trials = run.study.get_trials()
 
-            def score_holdout(recipe: str, prepared=prepared) -> float:
-                if "ev" not in scorer:
-                    kw = dict(prepared.evaluator.kwargs)
-                    scorer["ev"] = BenchmarkEvaluator(**kw)
-                r = scorer["ev"].evaluate(EvalTask(task_id=0, trial_number=-1, split="holdout", recipe=recipe))
-                return float(r.value)
+            def evaluate(recipe: str, prepared=prepared) -> float:
+                if "ev" not in evaluator:
+                    evaluator["ev"] = BenchmarkEvaluator(**dict(prepared.evaluator.kwargs))
+                task = EvalTask(task_id=0, trial_number=-1, split="holdout", recipe=recipe)
+                return float(evaluator["ev"].evaluate(task).value)
 
-            row = {"sampler": sampler, "seed": seed, "wall_seconds": round(wall), "at": {}}
+            holdout = HoldoutScores(evaluate)
+            row = {"sampler": sampler, "seed": seed, "at": {}}
+            if not args.analyse:
+                row["wall_seconds"] = round(wall)
             for k in args.checkpoints:
-                got = best_holdout_at(trials, k, score_holdout)
+                got = checkpoint_row(trials, k, args.top, holdout)
                 if got:
-                    row["at"][k] = {"search": got[0], "holdout": got[1], "trial": got[2]}
-            base = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
-            row["best_baseline_holdout"] = max(t.user_attrs.get("holdout", float("nan")) for t in base)
+                    row["at"][k] = got
+            baselines = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
+            row["best_baseline_holdout"] = max(holdout(t) for t in baselines)
             results.append(row)
             print(json.dumps(row), flush=True)
 
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    ks = args.checkpoints
-    print(f"\nbest-by-search trial's HOLDOUT score after k trials (mean over seeds {args.seeds}; per seed)")
-    print(f"{'sampler':8} " + " ".join(f"{'@' + str(k):>24}" for k in ks))
-    for sampler in args.samplers:
-        rows = [r for r in results if r["sampler"] == sampler]
-        cells = []
-        for k in ks:
-            vals = [r["at"][k]["holdout"] for r in rows if k in r["at"]]
-            each = "/".join(f"{v:.3f}" for v in vals)
-            cells.append(f"{statistics.mean(vals):.3f} ({each})" if vals else "-")
-        print(f"{sampler:8} " + " ".join(f"{c:>24}" for c in cells))
+    stem = ("analysis" if args.analyse else "results") + (f"-n{args.prompts}" if args.prompts else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    print_table(results, args.samplers, args.checkpoints, args.seeds, args.top)
+
+
+def print_table(results: list[dict], samplers: list[str], ks: list[int], seeds: list[int], top: int) -> None:
+    for metric, title in (("holdout", "best-by-search trial's HOLDOUT score"),
+                          (f"top{top}_holdout", f"mean HOLDOUT score of the top {top} trials by search")):
+        print(f"\n{title} after k trials (mean over seeds {seeds}; per seed)")
+        print(f"{'sampler':8} " + " ".join(f"{'@' + str(k):>24}" for k in ks))
+        for sampler in samplers:
+            rows = [r for r in results if r["sampler"] == sampler]
+            cells = []
+            for k in ks:
+                vals = [r["at"][k][metric] for r in rows if k in r["at"]]
+                each = "/".join(f"{v:.3f}" for v in vals)
+                cells.append(f"{statistics.mean(vals):.3f} ({each})" if vals else "-")
+            print(f"{sampler:8} " + " ".join(f"{c:>24}" for c in cells))
     base = max(r["best_baseline_holdout"] for r in results)
     print(f"best baseline (parent or uniform) on holdout: {base:.3f}")
 
