@@ -80,37 +80,35 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(args.out / 'quality.db').resolve()}"
+    suffix = f"-n{args.prompts}" if args.prompts else ""
     results: list[dict] = []
-    evaluator: dict = {}
+    holdout_evaluator: list[BenchmarkEvaluator] = []  # built on first use; every run shares the benchmark
 
     for seed in args.seeds:  # seed-major, so a cut-short run still holds paired comparisons
         for sampler in args.samplers:
-            name = f"quality-{sampler}-s{seed}-t{args.trials}" + (f"-n{args.prompts}" if args.prompts else "")
+            name = f"quality-{sampler}-s{seed}-t{args.trials}{suffix}"
             overrides = {
                 "name": name, "sampler": sampler, "seed": seed, "budget": {"trials": args.trials},
                 "runs_dir": str(args.out), "storage": storage,
                 "workers.count": args.workers, "workers.backend": "ray" if args.workers > 1 else "local"}
             if args.prompts:
                 overrides["objective.n"] = args.prompts
-            cfg = load_config(args.config, overrides=overrides)
-            prepared = prepare(cfg)
-            t0 = time.time()
+            prepared = prepare(load_config(args.config, overrides=overrides))
+            row = {"sampler": sampler, "seed": seed, "at": {}}
             if args.analyse:
                 trials = optuna.load_study(study_name=name, storage=storage).get_trials()
             else:
+                t0 = time.time()
                 trials = run_search(prepared).study.get_trials()
-            wall = time.time() - t0
+                row["wall_seconds"] = round(time.time() - t0)
 
             def evaluate(recipe: str, prepared=prepared) -> float:
-                if "ev" not in evaluator:
-                    evaluator["ev"] = BenchmarkEvaluator(**dict(prepared.evaluator.kwargs))
+                if not holdout_evaluator:
+                    holdout_evaluator.append(BenchmarkEvaluator(**dict(prepared.evaluator.kwargs)))
                 task = EvalTask(task_id=0, trial_number=-1, split="holdout", recipe=recipe)
-                return float(evaluator["ev"].evaluate(task).value)
+                return float(holdout_evaluator[0].evaluate(task).value)
 
             holdout = HoldoutScores(evaluate)
-            row = {"sampler": sampler, "seed": seed, "at": {}}
-            if not args.analyse:
-                row["wall_seconds"] = round(wall)
             for k in args.checkpoints:
                 got = checkpoint_row(trials, k, args.top, holdout)
                 if got:
@@ -120,8 +118,8 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
 
-    stem = ("analysis" if args.analyse else "results") + (f"-n{args.prompts}" if args.prompts else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    stem = "analysis" if args.analyse else "results"
+    (args.out / f"{stem}{suffix}.json").write_text(json.dumps(results, indent=1))
     print_table(results, args.samplers, args.checkpoints, args.seeds, args.top)
 
 
