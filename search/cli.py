@@ -18,6 +18,7 @@ COMMANDS = (
     "report",
     "dashboard",
     "export",
+    "analyze",
 )
 
 
