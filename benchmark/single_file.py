@@ -28,6 +28,9 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 
+from merge_core.diffusers_names import UNET_RESNET_RENAMES as _UNET_RESNET
+from merge_core.diffusers_names import unet_prefix_map
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TE_PREFIXES = {
@@ -91,42 +94,6 @@ def to_diffusers(
 
 
 # ---------------------------------------------------------------- diffusers -> single file names
-
-_UNET_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-
-
-def unet_prefix_map(config: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
-    """(diffusers prefix, single-file prefix, is_resnet) for a UNet2DConditionModel config."""
-    lpb = int(config["layers_per_block"])
-    down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    pairs: list[tuple[str, str, bool]] = [
-        ("time_embedding.linear_1.", "time_embed.0.", False), ("time_embedding.linear_2.", "time_embed.2.", False),
-        ("add_embedding.linear_1.", "label_emb.0.0.", False), ("add_embedding.linear_2.", "label_emb.0.2.", False),
-        ("conv_in.", "input_blocks.0.0.", False), ("conv_norm_out.", "out.0.", False), ("conv_out.", "out.2.", False),
-        ("mid_block.attentions.0.", "middle_block.1.", False),
-        ("mid_block.resnets.0.", "middle_block.0.", True), ("mid_block.resnets.1.", "middle_block.2.", True),
-    ]
-    for i, kind in enumerate(down):
-        for j in range(lpb):
-            n = i * (lpb + 1) + j + 1
-            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{n}.0.", True))
-            if "CrossAttn" in kind:
-                pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{n}.1.", False))
-        if i < len(down) - 1:
-            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * (lpb + 1)}.0.op.", False))
-    for i, kind in enumerate(up):
-        attn = "CrossAttn" in kind
-        for j in range(lpb + 1):
-            n = i * (lpb + 1) + j
-            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{n}.0.", True))
-            if attn:
-                pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{n}.1.", False))
-        if i < len(up) - 1:
-            n = i * (lpb + 1) + lpb
-            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{n}.{2 if attn else 1}.", False))
-    return pairs
-
 
 def _vae_name(key: str, n_up: int) -> str:
     k = key

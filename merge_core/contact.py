@@ -5,14 +5,13 @@ its top-r singular triplets are added to A: a rank-r "contact" with B that moves
 along B's strongest directions and drops the rest. 1-D tensors (norms, biases) are taken
 from B whole. Rank 0 gives A, full rank gives B.
 
-Large matrices use a randomised SVD (Halko et al., with power iterations); its error is
-measured against the exact truncation in tests and its residual is reported per file.
+The truncated SVD is merge_core.lowrank (shared with LoRA extraction); large matrices use
+its randomised path, and the residual is reported per file.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -25,14 +24,10 @@ from .checkpoint import open_checkpoint
 from .errors import CheckpointError
 from .hashing import file_sha256
 from .layout import layout_for
+from .lowrank import effective_rank_error, low_rank  # noqa: F401  (re-exported: one SVD for repair and LoRA)
 from .maths import all_finite
 from .merge import OUT_DTYPES, one_torch_thread
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
-
-# Exact SVD for small matrices or when the rank is a large share of the smaller side;
-# otherwise a randomised SVD (within 1% of the optimal residual in the tests, far faster).
-_EXACT_LIMIT = 1 << 16
-_OVERSAMPLE = 10
 
 
 @dataclass
@@ -55,30 +50,6 @@ class ContactStats:
             "residual_mean": sum(r) / len(r) if r else 0.0,
             "residual_max": max(r) if r else 0.0,
         }
-
-
-def low_rank(
-    d: torch.Tensor, rank: int, *, exact: bool | None = None, seed: int = 0
-) -> tuple[torch.Tensor, bool]:
-    """Best rank-``rank`` approximation of the 2-D fp32 matrix ``d``; returns (D_r, randomized?)."""
-    m, n = d.shape
-    k = min(m, n)
-    if rank <= 0:
-        return torch.zeros_like(d), False
-    if rank >= k:
-        return d.clone(), False
-    use_exact = exact if exact is not None else (d.numel() <= _EXACT_LIMIT or 2 * (rank + _OVERSAMPLE) >= k)
-    if use_exact:
-        u, s, vh = torch.linalg.svd(d, full_matrices=False)
-        return (u[:, :rank] * s[:rank]) @ vh[:rank], False
-    # randomised range finder with oversampling and power iterations (seeded: repairs are reproducible)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        u, s, v = torch.svd_lowrank(d, q=min(k, rank + _OVERSAMPLE), niter=4)
-    finally:
-        torch.random.set_rng_state(state)
-    return (u[:, :rank] * s[:rank]) @ v[:, :rank].T, True
 
 
 def contact_merge(
@@ -183,9 +154,3 @@ def _repair_keys(writer, plan, ca, cb, rank, exact, out_dtype, stats, progress) 
             stats.randomized_keys += int(randomized)
             stats.residuals[key] = residual
         writer.put(key, tensor_bytes(merged.to(out_dtype)))
-
-
-def effective_rank_error(d: torch.Tensor, rank: int) -> float:
-    """Optimal relative residual of a rank-r truncation (Eckart-Young), for measuring the randomised SVD."""
-    s = torch.linalg.svdvals(d)
-    return math.sqrt(float((s[rank:] ** 2).sum()) / float((s**2).sum()))

@@ -11,6 +11,7 @@ COMMANDS = (
     "merge",
     "inspect",
     "repair",
+    "lora",
     "prompts",
     "benchmark",
     "search",
