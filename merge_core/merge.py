@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .hashing import Pacer, file_sha256
 from .layout import BlockLayout, layout_for
 from .maths import CHUNK, all_finite, combine_chunks
+from .methods import KeyContext, MergeMethod, get_method
 from .provenance import merge_metadata
 from .recipe import Recipe
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
@@ -38,7 +39,10 @@ class KeyPlan:
     dtype: torch.dtype
     shape: tuple[int, ...]
     sources: tuple[int, ...]  # indices into the recipe's sources
-    coeffs: tuple[float, ...]  # () = copy the bytes of sources[0] unchanged
+    coeffs: tuple[float, ...]  # () = copy the bytes of sources[0] unchanged (unless `vector` is set)
+    # non-linear methods: the block's parameter vector; `sources` then lists every source in recipe
+    # order (a source the block does not read stands in as source 0, which the method ignores)
+    vector: tuple[float, ...] | None = None
 
 
 class _Hashes:
@@ -104,7 +108,8 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
     """
     layout = layout or layout_for(recipe.family)
     out_dtype = OUT_DTYPES[recipe.dtype]
-    coefficients = recipe.coefficients()
+    method = get_method(recipe.method)
+    coefficients = recipe.coefficients() if method.linear else None
     first = ckpts[0]
     plans: list[KeyPlan] = []
     keys = first.keys() + (first.ema_keys() if recipe.keep_ema else [])
@@ -114,19 +119,14 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
         if block is None or not dtype.is_floating_point:
             plans.append(KeyPlan(key, dtype, shape, (0,), ()))  # not a weight: copied verbatim
             continue
+        if coefficients is None:
+            uses = method.uses(recipe.weights[block], len(ckpts))
+            _check_sources(ckpts, key, block, shape, [i for i, u in enumerate(uses) if u])
+            srcs = tuple(i if u else 0 for i, u in enumerate(uses))
+            plans.append(KeyPlan(key, out_dtype, shape, srcs, (), recipe.weights[block]))
+            continue
         used = [(i, c) for i, c in enumerate(coefficients[block]) if c != 0.0]
-        for i, _ in used:
-            other = ckpts[i]
-            if key not in other:
-                raise CheckpointError(
-                    f"{other.path}: has no key {key!r} (block {block}) that {first.path.name} has; "
-                    f"use full checkpoints of one family, or give {block} a weight of 0 for this model"
-                )
-            if other.shape(key) != shape:
-                raise CheckpointError(
-                    f"{other.path}: key {key!r} has shape {other.shape(key)} but {first.path.name} has {shape}; "
-                    "these models are different architectures and cannot be merged"
-                )
+        _check_sources(ckpts, key, block, shape, [i for i, _ in used])
         if not used:  # all weights cancel: the block is zero
             used = [(0, 0.0)]
         if len(used) == 1 and used[0][1] == 1.0 and ckpts[used[0][0]].dtype(key) == out_dtype:
@@ -134,6 +134,23 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
         else:
             plans.append(KeyPlan(key, out_dtype, shape, tuple(i for i, _ in used), tuple(c for _, c in used)))
     return plans
+
+
+def _check_sources(ckpts: list[Checkpoint], key: str, block: str, shape: tuple[int, ...], used: list[int]) -> None:
+    """Refuse when a source the block reads lacks ``key`` or holds it with another shape."""
+    first = ckpts[0]
+    for i in used:
+        other = ckpts[i]
+        if key not in other:
+            raise CheckpointError(
+                f"{other.path}: has no key {key!r} (block {block}) that {first.path.name} has; "
+                f"use full checkpoints of one family, or give {block} a weight of 0 for this model"
+            )
+        if other.shape(key) != shape:
+            raise CheckpointError(
+                f"{other.path}: key {key!r} has shape {other.shape(key)} but {first.path.name} has {shape}; "
+                "these models are different architectures and cannot be merged"
+            )
 
 
 def _nonfinite_error(plan: KeyPlan, ckpts: list[Checkpoint], out_dtype: torch.dtype) -> CheckpointError:
@@ -156,10 +173,45 @@ def write_plans(
     progress: bool = True,
     desc: str = "merging",
     on_key=None,
+    method: MergeMethod | None = None,
+    seed: int | None = None,
 ) -> None:
-    """Stream every planned key into ``writer``; ``on_key(key)`` is called after each."""
+    """Stream every planned key into ``writer``; ``on_key(key)`` is called after each.
+
+    ``method`` (and ``seed`` for random methods) computes the plans that carry a parameter vector.
+    """
     with one_torch_thread():
-        _write_plans(writer, plans, ckpts, progress=progress, desc=desc, on_key=on_key)
+        state = _prepare(method, plans, ckpts) if method is not None and method.prepare else None
+        _write_plans(writer, plans, ckpts, progress=progress, desc=desc, on_key=on_key,
+                     method=method, seed=seed, state=state)
+
+
+def _prepare(method: MergeMethod, plans: list[KeyPlan], ckpts: list[Checkpoint]):
+    """The method's whole-model pass over the keys it merges (fp32 copies, one key at a time)."""
+    pairs = (
+        (p.key, [ckpts[i].tensor(p.key).float() for i in p.sources])
+        for p in plans
+        if p.vector is not None and not (method.skip and method.skip(p.key))
+    )
+    return method.prepare(pairs)
+
+
+def method_chunks(method: MergeMethod, tensors: list[torch.Tensor], vector: tuple[float, ...], ctx: KeyContext,
+                  *, chunk: int = CHUNK):
+    """Yield the merged key as flat fp32 pieces: chunk by chunk for elementwise methods, else whole.
+
+    Sources are upcast to fp32 one piece at a time, so an elementwise method's memory stays at a
+    few chunks whatever the tensor size; a whole-tensor method holds one fp32 copy per source.
+    """
+    if method.elementwise:
+        flats = [t.reshape(-1) for t in tensors]
+        n = flats[0].numel()
+        for start in range(0, n, chunk):
+            parts = [f[start : start + chunk].float() for f in flats]
+            piece = KeyContext(ctx.key, ctx.shape, start, ctx.seed, ctx.state)
+            yield method.apply(parts, vector, piece).reshape(-1)
+    else:
+        yield method.apply([t.float() for t in tensors], vector, ctx).reshape(-1)
 
 
 @contextlib.contextmanager
@@ -175,14 +227,22 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def _write_plans(writer, plans, ckpts, *, progress, desc, on_key) -> None:
+def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, seed=None, state=None) -> None:
     scratch = torch.empty(CHUNK)
     out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
     total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)
     with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
         for plan in plans:
             writer.begin(plan.key)
-            if not plan.coeffs:
+            if plan.vector is not None:
+                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+                ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
+                for part in method_chunks(method, tensors, plan.vector, ctx):
+                    out = part if plan.dtype == torch.float32 else part.to(plan.dtype)
+                    if not all_finite(out):
+                        raise _nonfinite_error(plan, ckpts, plan.dtype)
+                    writer.write(tensor_bytes(out))
+            elif not plan.coeffs:
                 src = ckpts[plan.sources[0]]
                 if plan.dtype.is_floating_point and not all_finite(src.tensor(plan.key)):
                     raise _nonfinite_error(plan, ckpts, plan.dtype)
@@ -223,7 +283,8 @@ def merge_to_file(
         )
         hasher = _Hashes(ckpts)
         try:
-            write_plans(writer, plans, ckpts, progress=progress, on_key=hasher.read_up_to)
+            write_plans(writer, plans, ckpts, progress=progress, on_key=hasher.read_up_to,
+                        method=get_method(recipe.method), seed=recipe.seed)
         finally:
             hasher.release()
             writer.close()  # no write-back thread may outlive the file descriptor

@@ -41,9 +41,12 @@ class Recipe(BaseModel):
     """A merge of ``sources`` by ``method`` with per-block ``weights``.
 
     ``weights`` has one entry per weight id of the family's layout (UNet blocks, then TE
-    and VAE) holding that method's parameters for the block: ``(alpha,)``,
-    ``(alpha, beta)``, or for ``affine`` one weight per non-base source (``sources[0]``
-    is the base).
+    and VAE) holding that method's vector for the block (see merge_core.methods): one weight
+    per non-base source for ``affine`` and the task-vector methods (``sources[0]`` is the
+    base), then the method's named parameters, e.g. ``(alpha,)``, ``(alpha, beta)``,
+    ``(w1, w2, w3, density, lambda)`` for ``ties``. Random methods need ``seed``.
+    Raises pydantic.ValidationError for an unknown method, the wrong number of sources, a
+    vector of the wrong length, a parameter outside its range, or a random method without a seed.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +57,7 @@ class Recipe(BaseModel):
     weights: dict[str, tuple[float, ...]]
     dtype: Dtype = "fp16"
     keep_ema: bool = False
+    seed: int | None = None  # random methods (DARE): the drop masks are a function of (seed, key, source)
 
     @field_validator("method")
     @classmethod
@@ -74,18 +78,26 @@ class Recipe(BaseModel):
                 + ("; " if missing and unknown else "")
                 + (f"unknown {', '.join(unknown)}" if unknown else "")
             )
-        n = method.n_params(len(self.sources))
         for wid, params in self.weights.items():
-            if len(params) != n:
-                raise ValueError(f"{self.method} takes {n} weight(s) per block; {wid} has {len(params)}")
             if not all(math.isfinite(p) for p in params):
                 raise ValueError(f"weight of {wid} is not a finite number: {params}")
+            method.split(params, len(self.sources), where=wid)  # length and ranges
+        if method.random and self.seed is None:
+            raise ValueError(
+                f"{method.name} is random: the recipe needs a seed (e.g. \"seed\": 0) so the merge can be rebuilt "
+                "bit for bit; a recipe without one cannot be replayed"
+            )
         # Keep weights in layout order so JSON and metadata read in block order.
         object.__setattr__(self, "weights", {w: tuple(float(p) for p in self.weights[w]) for w in ids})
         return self
 
+    @property
+    def linear(self) -> bool:
+        """True when the method is linear in the sources (then :meth:`coefficients` applies)."""
+        return get_method(self.method).linear
+
     def coefficients(self) -> dict[str, tuple[float, ...]]:
-        """One linear coefficient per source for every weight id."""
+        """One linear coefficient per source for every weight id (linear methods only; ValueError otherwise)."""
         method = get_method(self.method)
         n = len(self.sources)
         return {wid: method.coefficients(params, n) for wid, params in self.weights.items()}
@@ -103,6 +115,7 @@ class Recipe(BaseModel):
         blocks: dict[str, tuple[float, ...]] | None = None,
         dtype: Dtype = "fp16",
         keep_ema: bool = False,
+        seed: int | None = None,
     ) -> Recipe:
         """A recipe with ``params`` everywhere, overridden per block by ``blocks`` and for TE/VAE by ``te``/``vae``."""
         layout = layout_for(family)
@@ -119,6 +132,7 @@ class Recipe(BaseModel):
             weights=weights,
             dtype=dtype,
             keep_ema=keep_ema,
+            seed=seed,
         )
 
     def to_json(self, **kwargs) -> str:

@@ -1,7 +1,9 @@
 """The Mixer: n sources resident on a worker, grouped by block, written into a live pipeline in place.
 
 `apply(recipe)` sets every live parameter p of block b to sum_i c[i, b] * theta_i[p] with fused
-foreach ops: no state-dict copies, no disk, no pipeline rebuild per trial.
+foreach ops: no state-dict copies, no disk, no pipeline rebuild per trial. Recipes of non-linear
+methods (TIES, DARE, SLERP, calc modes) run the registered method key by key on the single-file
+view of each key, exactly as the streaming merger does, so both engines give the same tensors.
 
 Which block a live (diffusers-named) parameter belongs to is found without any name table: a
 state dict whose every tensor holds its block's index is run through the renderer's own key
@@ -21,6 +23,54 @@ import torch
 
 class MixerError(ValueError):
     pass
+
+
+@dataclass
+class _Part:
+    """One live parameter as a piece of a single-file key: a view (reshape or transpose) or a dim-0 slice."""
+
+    live: torch.Tensor
+    sources: list[torch.Tensor]  # per source, in the live layout
+    kind: str  # "reshape" | "transpose" | "rows"
+    start: int = 0  # first row of the key (kind "rows")
+
+
+@dataclass
+class _SingleFileKey:
+    key: str
+    block: str
+    shape: tuple[int, ...]
+    parts: list[_Part]
+
+    def source(self, i: int) -> torch.Tensor:
+        """Source i of this key in the single-file layout (a view where the layout allows)."""
+        if len(self.parts) == 1 and self.parts[0].kind != "rows":
+            t = self.parts[0].sources[i]
+            return t.reshape(self.shape) if self.parts[0].kind == "reshape" else t.T
+        return torch.cat([p.sources[i] for p in sorted(self.parts, key=lambda p: p.start)], dim=0)
+
+    def write(self, merged: torch.Tensor) -> None:
+        for p in self.parts:
+            if p.kind == "reshape":
+                p.live.copy_(merged.reshape(p.live.shape))
+            elif p.kind == "transpose":
+                p.live.copy_(merged.T)
+            else:
+                p.live.copy_(merged[p.start : p.start + p.live.shape[0]])
+
+
+def _place(live_src0: torch.Tensor, sf: torch.Tensor) -> tuple[str, int] | None:
+    """How a live parameter (source 0's value) sits in its single-file tensor, found by value."""
+    if live_src0.numel() == sf.numel() and torch.equal(live_src0.reshape(-1), sf.reshape(-1).to(live_src0.dtype)):
+        return "reshape", 0
+    if sf.ndim == 2 and live_src0.shape == sf.T.shape and torch.equal(live_src0, sf.T.to(live_src0.dtype)):
+        return "transpose", 0
+    rows = live_src0.shape[0] if live_src0.ndim else 0
+    if rows and sf.ndim and sf.shape[1:] == live_src0.shape[1:] and sf.shape[0] % rows == 0:
+        for start in range(0, sf.shape[0], rows):
+            if torch.equal(live_src0, sf[start : start + rows].to(live_src0.dtype)):
+                return "rows", start
+    return None
 
 
 @dataclass
@@ -94,6 +144,7 @@ class Mixer:
         src_device = torch.device(source_device) if source_device else self._fitting_device(converted, src_dtype)
         pin = src_device.type == "cpu" and torch.cuda.is_available() and live_device.type == "cuda"
         self.groups: dict[str, _Group] = {}
+        self._resident: dict[tuple[str, str], list[torch.Tensor]] = {}  # (module, name) -> per-source tensors
         self.source_bytes = 0
         with torch.no_grad():
             for module, params in live_params.items():
@@ -106,17 +157,48 @@ class Mixer:
                         continue
                     g = self.groups.setdefault(block, _Group(live=[], sources=[[] for _ in converted]))
                     g.live.append(p)
+                    resident = self._resident.setdefault((module, name), [])
                     for i, c in enumerate(converted):
                         t = c[module][name].to(device=src_device, dtype=src_dtype)
                         if pin:
                             t = t.pin_memory()
                         self.source_bytes += t.numel() * t.element_size()
                         g.sources[i].append(t)
+                        resident.append(t)
+        self.keys = self._single_file_keys(renderer, dicts[0], converted, live_params, blocks, src_device, src_dtype)
         self.n_sources = len(converted)
         self.source_device = src_device
+        self._prepared: dict[str, Any] = {}
         self.last_apply_seconds = 0.0
         self._flat: torch.Tensor | None = None
         self._scratch_views: dict[str, list[torch.Tensor]] = {}
+
+    def _single_file_keys(self, renderer, sd0, converted, live_params, blocks, src_device, src_dtype):
+        """Map each mergeable single-file key to the live parameters it becomes (see _place)."""
+        keys = [k for k in sd0 if self.layout.block_of(k) is not None and sd0[k].is_floating_point()]
+        index = {k: i for i, k in enumerate(keys)}
+        # constant tensors naming their key (expanded: no memory per element); float32 holds the index exactly
+        filled = {k: torch.full((), float(index.get(k, -1)), dtype=torch.float32).expand(t.shape)
+                  if t.is_floating_point() else t for k, t in sd0.items()}
+        named = renderer.convert(filled)
+        out: dict[str, _SingleFileKey] = {}
+        for module, params in live_params.items():
+            for name, p in params.items():
+                block = blocks[module].get(name)
+                if block is None:
+                    continue
+                t = named[module][name]
+                i = int(t.reshape(-1)[0]) if t.numel() else -1
+                if i < 0 or not bool((t == i).all()):
+                    raise MixerError(f"{module}.{name} does not come from one single-file key; it cannot be "
+                                     "merged by a per-tensor method")
+                key = keys[i]
+                place = _place(converted[0][module][name], sd0[key])
+                if place is None:
+                    raise MixerError(f"{module}.{name}: cannot tell how it sits in {key}")
+                entry = out.setdefault(key, _SingleFileKey(key, block, tuple(sd0[key].shape), []))
+                entry.parts.append(_Part(p, self._resident[(module, name)], *place))
+        return out
 
     @staticmethod
     def _fitting_device(converted: list[dict[str, dict[str, torch.Tensor]]], dtype: torch.dtype) -> torch.device:
@@ -131,6 +213,10 @@ class Mixer:
     def apply(self, recipe: Any) -> float:
         """Write the recipe's merge into the live modules; returns the seconds it took."""
         t0 = time.perf_counter()
+        if hasattr(recipe, "linear") and not recipe.linear:
+            self._apply_method(recipe)
+            self.last_apply_seconds = time.perf_counter() - t0
+            return self.last_apply_seconds
         coeffs = recipe.coefficients() if hasattr(recipe, "coefficients") else recipe
         if any(len(c) != self.n_sources for c in coeffs.values()):
             raise MixerError(f"recipe has {len(next(iter(coeffs.values())))} sources, the mixer holds {self.n_sources}")
@@ -153,6 +239,29 @@ class Mixer:
             torch.cuda.synchronize()
         self.last_apply_seconds = time.perf_counter() - t0
         return self.last_apply_seconds
+
+    def _apply_method(self, recipe: Any) -> None:
+        """Run a non-linear method key by key on the single-file view of the resident sources."""
+        from merge_core.methods import KeyContext, get_method
+
+        method = get_method(recipe.method)
+        if len(recipe.sources) != self.n_sources:
+            raise MixerError(f"recipe has {len(recipe.sources)} sources, the mixer holds {self.n_sources}")
+        state = None
+        if method.prepare is not None:
+            if method.name not in self._prepared:
+                pairs = ((k, [e.source(i).float() for i in range(self.n_sources)])
+                         for k, e in self.keys.items() if not (method.skip and method.skip(k)))
+                self._prepared[method.name] = method.prepare(pairs)
+            state = self._prepared[method.name]
+        for key, entry in self.keys.items():
+            vector = recipe.weights[entry.block]
+            uses = method.uses(vector, self.n_sources)
+            tensors = [entry.source(i if u else 0).to(self.device).float() for i, u in enumerate(uses)]
+            merged = method.apply(tensors, vector, KeyContext(key, entry.shape, 0, recipe.seed, state))
+            entry.write(merged)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _scratch(self, block: str, g: _Group) -> list[torch.Tensor]:
         """Views into one flat buffer the size of the largest block (allocated on first use)."""

@@ -41,9 +41,9 @@ def test_bad_recipes_say_what_is_wrong():
     del weights["OUT11"]
     with pytest.raises(ValidationError, match="missing OUT11"):
         Recipe(family="sd1", method="weighted-sum", sources=sources(2), weights=weights)
-    with pytest.raises(ValidationError, match="takes 2 weight"):
+    with pytest.raises(ValidationError, match="takes 2 value"):
         Recipe.uniform("sd1", "triple-sum", sources(3), (0.3,))
-    with pytest.raises(ValidationError, match="merges 3 models"):
+    with pytest.raises(ValidationError, match="merges 3 model"):
         Recipe.uniform("sd1", "add-difference", sources(2), (0.3,))
     with pytest.raises(ValidationError, match="unknown merge method"):
         Recipe.uniform("sd1", "slerp-ish", sources(2), (0.3,))
