@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointWarning
 from .family import Family, detect_family
 from .hashing import file_sha256, short_hash
 from .keys import is_ema, normalise_key
@@ -20,6 +20,8 @@ from .safetensors_file import TensorInfo, read_header, tensor_bytes
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# modelspec.prediction_type spellings seen in the wild -> our two names.
+PREDICTION_SPELLINGS = {"v": "v", "v_prediction": "v", "v-prediction": "v", "epsilon": "epsilon", "eps": "epsilon"}
 
 
 class Checkpoint:
@@ -116,13 +118,32 @@ class Checkpoint:
             )
         return fam
 
+    @cached_property
+    def variant(self) -> str:
+        """"standard", "inpainting" (9-channel input conv) or "instruct-pix2pix" (8-channel), from the layout's data."""
+        from .layout import layout_for  # layout imports family only; avoid a cycle at import time
+
+        layout = layout_for(self.family)
+        conv = layout.input_conv
+        return layout.variant_of(self._shapes[conv] if conv in self._raw else None)
+
     @property
     def prediction(self) -> str | None:
-        """Prediction type "v" when the file says so (ComfyUI's ``v_pred`` key or modelspec metadata)."""
+        """Prediction type "v" or "epsilon" when the file says so, else ``None`` (see ``prediction_source``)."""
+        return self.prediction_info[0]
+
+    @property
+    def prediction_source(self) -> str | None:
+        """Where ``prediction`` comes from: "keys" (ComfyUI's ``v_pred`` marker), "metadata" or ``None``."""
+        return self.prediction_info[1]
+
+    @cached_property
+    def prediction_info(self) -> tuple[str | None, str | None]:
         if "v_pred" in self._raw:
-            return "v"
-        kind = self.metadata.get("modelspec.prediction_type", "")
-        return {"v": "v", "v_prediction": "v", "epsilon": "epsilon", "eps": "epsilon"}.get(kind)
+            return "v", "keys"
+        kind = self.metadata.get("modelspec.prediction_type", "").strip().lower()
+        pred = PREDICTION_SPELLINGS.get(kind)
+        return (pred, "metadata") if pred else (None, None)
 
     @cached_property
     def sha256(self) -> str:
@@ -137,33 +158,55 @@ class Checkpoint:
 
 
 def _sniff(path: Path) -> str:
+    """"safetensors", "pickle" or "unknown" from the first bytes (a header length, then "{"; or zip/pickle magic)."""
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     return "unknown"
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a .safetensors (memory-mapped) or .ckpt/.pt (weights-only unpickling) checkpoint."""
+    """Open a .safetensors (memory-mapped) or .ckpt/.pt (weights-only unpickling) checkpoint.
+
+    The format is taken from the file's first bytes; a suffix that says otherwise gives a
+    ``CheckpointWarning`` (the file still opens). Folders, missing files and files of no
+    known format raise ``CheckpointError`` naming the path and the fix.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(_folder_message(p))
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file; check the path")
     suffix = p.suffix.lower()
-    kind = (
-        "safetensors"
-        if suffix in SAFETENSORS_SUFFIXES
-        else "pickle"
-        if suffix in PICKLE_SUFFIXES
-        else _sniff(p)
-    )
+    named = "safetensors" if suffix in SAFETENSORS_SUFFIXES else "pickle" if suffix in PICKLE_SUFFIXES else None
+    sniffed = _sniff(p)
+    kind = sniffed if sniffed != "unknown" else named
+    if named is not None and sniffed != "unknown" and sniffed != named:
+        right = ".safetensors" if sniffed == "safetensors" else ".ckpt"
+        warnings.warn(
+            f"{p}: is a {sniffed} file although its name ends in {p.suffix}; read as {sniffed} "
+            f"(rename it to {p.stem}{right})",
+            CheckpointWarning,
+            stacklevel=2,
+        )
     if kind == "safetensors":
         return _open_safetensors(p)
     if kind == "pickle":
         return _open_pickle(p)
     raise CheckpointError(f"{p}: not a checkpoint (expected .safetensors, .ckpt or .pt); check the path")
+
+
+def _folder_message(p: Path) -> str:
+    if (p / "model_index.json").is_file() or (p / "unet").is_dir():
+        return (
+            f"{p}: is a diffusers folder; this command takes single-file checkpoints — convert it first "
+            "(diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py, or load it with "
+            "from_pretrained and save a single file)"
+        )
+    return f"{p}: is a folder, not a checkpoint file; give the .safetensors or .ckpt file inside it"
 
 
 def _normalised(path: Path, raw_keys) -> dict[str, str]:
@@ -226,6 +269,9 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
 def _torch_load(path: Path):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:  # torch.load would dispatch on the (wrong) suffix
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:

@@ -27,6 +27,7 @@ from .layout import layout_for
 from .lowrank import effective_rank_error, low_rank  # noqa: F401  (re-exported: one SVD for repair and LoRA)
 from .maths import all_finite
 from .merge import OUT_DTYPES, one_torch_thread
+from .outputs import check_output
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
 
 
@@ -84,11 +85,16 @@ def repair_to_file(
     overwrite: bool = False,
     progress: bool = True,
 ) -> ContactStats:
-    """Write A + rank-r(B - A) for every weight of two same-family checkpoints to ``out``."""
+    """Write A + rank-r(B - A) for every weight of two same-family checkpoints to ``out``.
+
+    Keys are read as a merge reads them (one family, one variant, every UNet key placed in a
+    block); non-weight keys are copied from A, or from B when only B holds them. ``out`` is
+    never one of A and B. Raises ``CheckpointError`` naming the file, the key and the fix.
+    """
     if rank < 0:
         raise ValueError(f"--rank must be 0 or more, got {rank}")
-    out = Path(out)
     ca, cb = open_checkpoint(a), open_checkpoint(b)
+    out = check_output(out, [ca.path, cb.path], overwrite=overwrite, what="the repair")
     if ca.family != cb.family:
         raise CheckpointError(
             f"{cb.path}: is {cb.family.value.upper()} but {ca.path.name} is {ca.family.value.upper()}; "
@@ -99,6 +105,7 @@ def repair_to_file(
     plan: list[tuple[str, bool]] = []  # (key, merged?)
     for key in ca.file_order(ca.keys()):
         mergeable = layout.block_of(key) is not None and ca.dtype(key).is_floating_point
+        _refuse_unplaced(ca, key, layout)
         if mergeable:
             if key not in cb:
                 raise CheckpointError(
@@ -106,10 +113,22 @@ def repair_to_file(
                 )
             if cb.shape(key) != ca.shape(key):
                 raise CheckpointError(
-                    f"{cb.path}: key {key!r} has shape {cb.shape(key)} but {ca.path.name} has {ca.shape(key)}"
+                    f"{cb.path}: key {key!r} has shape {cb.shape(key)} but {ca.path.name} has {ca.shape(key)}; "
+                    "repair needs two models of one architecture and variant"
                 )
         plan.append((key, mergeable))
-    entries = {k: (out_dtype if m else ca.dtype(k), ca.shape(k)) for k, m in plan}
+    # Keys only B holds: a weight cannot be repaired without A's; anything else is copied from B.
+    only_b = [k for k in cb.file_order(cb.keys()) if k not in ca]
+    for key in only_b:
+        _refuse_unplaced(cb, key, layout)
+        if layout.block_of(key) is not None and cb.dtype(key).is_floating_point:
+            raise CheckpointError(
+                f"{ca.path}: has no key {key!r} that {cb.path.name} has; repair needs A to hold every weight "
+                "B has — use a full checkpoint as A"
+            )
+    source = {k: ca for k, _m in plan} | {k: cb for k in only_b}
+    plan += [(k, False) for k in only_b]
+    entries = {k: (out_dtype if m else source[k].dtype(k), source[k].shape(k)) for k, m in plan}
     stats = ContactStats(rank=rank)
     hashes: dict[str, str] = {}
     hasher = threading.Thread(
@@ -130,16 +149,29 @@ def repair_to_file(
         hasher.start()
         writer = StreamingWriter(fd, out, entries, metadata(False))
         with writer:
-            _repair_keys(writer, plan, ca, cb, rank, exact, out_dtype, stats, progress)
+            _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtype, stats, progress)
         hasher.join()
         writer.finish(metadata(True))
     return stats
 
 
-def _repair_keys(writer, plan, ca, cb, rank, exact, out_dtype, stats, progress) -> None:
+def _refuse_unplaced(ckpt, key: str, layout) -> None:
+    if (
+        key.startswith(layout.unet_prefix)
+        and layout.block_of(key) is None
+        and not layout.is_non_mergeable(key)
+        and ckpt.dtype(key).is_floating_point
+    ):
+        raise CheckpointError(
+            f"{ckpt.path}: UNet key {key!r} belongs to no block of the {layout.family.value} layout, so it "
+            f"cannot be repaired; check `mergesearch inspect {ckpt.path.name}` (family and unplaced keys)"
+        )
+
+
+def _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtype, stats, progress) -> None:
     for key, mergeable in tqdm(plan, desc="repairing", disable=not progress, leave=False):
         if not mergeable:
-            writer.put(key, ca.raw_bytes(key))
+            writer.put(key, source[key].raw_bytes(key))
             continue
         ta, tb = ca.tensor(key), cb.tensor(key)
         for ckpt, t in ((ca, ta), (cb, tb)):

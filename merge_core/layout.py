@@ -31,6 +31,9 @@ class BlockLayout:
     unet_rules: tuple[tuple[re.Pattern[str], str], ...] = field(repr=False)
     component_prefixes: dict[str, tuple[str, ...]] = field(repr=False)
     non_mergeable: tuple[re.Pattern[str], ...] = field(repr=False)
+    input_conv: str | None = None  # full key of the UNet's input conv (weight: out x in_channels x 3 x 3)
+    latent_channels: int = 4
+    input_variants: dict[int, str] = field(default_factory=dict, repr=False)  # in_channels -> variant name
 
     @property
     def weight_ids(self) -> tuple[str, ...]:
@@ -57,6 +60,15 @@ class BlockLayout:
                 return component
         return None
 
+    def variant_of(self, input_conv_shape: tuple[int, ...] | None) -> str:
+        """"inpainting", "instruct-pix2pix" (from the input conv's channel count) or "standard"."""
+        if input_conv_shape is None or len(input_conv_shape) < 2:
+            return "standard"
+        channels = input_conv_shape[1]
+        if channels == self.latent_channels:
+            return "standard"
+        return self.input_variants.get(channels, f"{channels}-channel input")
+
     def unknown_keys(self, keys) -> list[str]:
         """Keys that are neither in a block/component nor declared non-mergeable."""
         return [k for k in keys if self.block_of(k) is None and not self.is_non_mergeable(k)]
@@ -64,7 +76,10 @@ class BlockLayout:
 
 @cache
 def layout_for(family: Family | str) -> BlockLayout:
-    """The block layout of a family ("sd1", "sd2", "sdxl")."""
+    """The block layout of a family ("sd1", "sd2", "sdxl", "sdxl-refiner").
+
+    Raises ``ValueError`` naming the known families for an unknown one.
+    """
     try:
         fam = Family(family)
     except ValueError:
@@ -81,4 +96,7 @@ def layout_for(family: Family | str) -> BlockLayout:
         unet_rules=tuple((re.compile(rx), target) for rx, target in data["unet_rules"]),
         component_prefixes={c: tuple(data["components"][c]) for c in components},
         non_mergeable=tuple(re.compile(rx) for rx in data["non_mergeable"]),
+        input_conv=data["unet_prefix"] + data["input_conv"] if data.get("input_conv") else None,
+        latent_channels=int(data.get("latent_channels", 4)),
+        input_variants={int(k): str(v) for k, v in (data.get("input_variants") or {}).items()},
     )

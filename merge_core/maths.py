@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 CHUNK = 1 << 18  # elements per step: the fp32 scratch (1 MiB) stays in cache
+# torch does not promote float8 in mixed-dtype arithmetic: such chunks are upcast before adding.
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def combine_chunks(
@@ -19,6 +21,9 @@ def combine_chunks(
     out_scratch: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``sum_i coeffs[i] * tensors[i]`` flattened, computed in fp32 and cast to ``out_dtype``.
+
+    Sources may be of any float dtype torch stores (float8 e4m3fn/e5m2, bf16, fp16, fp32, fp64),
+    mixed freely; each chunk is upcast to the fp32 accumulator.
 
     Each yielded chunk is a view of a reused buffer: consume it before asking for the next.
     Sources are read in place (memory-mapped views stay file-backed); no whole-tensor
@@ -43,7 +48,8 @@ def combine_chunks(
         if coeffs[0] != 1.0:
             b.mul_(coeffs[0])
         for t, c in zip(flats[1:], coeffs[1:], strict=True):
-            b.add_(t[start:end], alpha=c)  # fp32 self: the source is upcast, the sum stays fp32
+            part = t[start:end]
+            b.add_(part.float() if part.dtype in _FP8 else part, alpha=c)  # fp32 self: the sum stays fp32
         if direct:
             yield b
         else:
@@ -70,4 +76,7 @@ def all_finite(t: torch.Tensor) -> bool:
         return True
     if torch.isfinite(t.sum(dtype=torch.float32)):
         return True
+    if t.dtype in _FP8:  # isfinite has no float8 kernel
+        flat = t.reshape(-1)
+        return all(bool(torch.isfinite(flat[i : i + CHUNK].float()).all()) for i in range(0, flat.numel(), CHUNK))
     return bool(torch.isfinite(t).all())  # the sum can overflow on huge but finite values

@@ -22,18 +22,44 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
 from .hashing import Pacer, file_sha256
 from .layout import BlockLayout, layout_for
-from .maths import CHUNK, all_finite, combine_chunks
+from .maths import CHUNK, all_finite, combine_chunks, linear_combination
 from .methods import KeyContext, MergeMethod, get_method
+from .outputs import check_output
 from .provenance import merge_metadata
 from .recipe import Recipe
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
 
-OUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+OUT_DTYPES = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def output_dtype(name: str, block: str, layout: BlockLayout) -> torch.dtype:
+    """The dtype a weight of ``block`` is written in.
+
+    fp8 applies to the UNet only: the text encoders and the VAE are written fp16, as fp8
+    releases ship them (their few weights lose the most from 8-bit rounding).
+    """
+    dtype = OUT_DTYPES[name]
+    if dtype in FP8 and block not in layout.blocks:
+        return torch.float16
+    return dtype
 
 
 @dataclass(frozen=True)
 class KeyPlan:
-    """How one output key is made: copied from one source, or combined from several."""
+    """How one output key is made: copied from one source, or combined from several.
+
+    ``channels`` (the UNet input conv of inpainting / instruct-pix2pix models only): combine
+    the first ``channels`` input channels (dim 1) and take the rest from ``extra_from``.
+    ``check``: whether the written values must be finite (combined weights; not the buffers
+    copied as they are).
+    """
 
     key: str
     dtype: torch.dtype
@@ -41,8 +67,12 @@ class KeyPlan:
     sources: tuple[int, ...]  # indices into the recipe's sources
     coeffs: tuple[float, ...]  # () = copy the bytes of sources[0] unchanged (unless `vector` is set)
     # non-linear methods: the block's parameter vector; `sources` then lists every source in recipe
-    # order (a source the block does not read stands in as source 0, which the method ignores)
+    # order (a source the block does not read stands in as the first source holding the key, which
+    # the method ignores)
     vector: tuple[float, ...] | None = None
+    check: bool = True
+    channels: int | None = None
+    extra_from: int | None = None
 
 
 class _Hashes:
@@ -90,67 +120,158 @@ class _Hashes:
 
 
 def open_sources(recipe: Recipe) -> list[Checkpoint]:
+    """Open the recipe's sources; refuses any whose family (or SDXL base/refiner) differs from the recipe's."""
     ckpts = [open_checkpoint(s.path) for s in recipe.sources]
     for ckpt in ckpts:
         if ckpt.family != recipe.family:
             raise CheckpointError(
-                f"{ckpt.path}: is an {ckpt.family.value.upper()} checkpoint but this merge is "
-                f"{recipe.family.value.upper()}; merge models of one family only"
+                f"{ckpt.path}: is an {_family_name(ckpt.family)} checkpoint but this merge is "
+                f"{_family_name(recipe.family)}; merge models of one family only"
             )
     return ckpts
 
 
-def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | None = None) -> list[KeyPlan]:
-    """The output keys (in the first source's file order) and how each is made.
+def _family_name(family) -> str:
+    return family.value.upper().replace("-REFINER", " refiner")
 
-    Refuses, naming the first offending key, when a source with a non-zero weight lacks a
-    key of the first source or holds it with another shape.
+
+def output_keys(recipe: Recipe, ckpts: list[Checkpoint]) -> list[str]:
+    """Every key any source holds: the first source's in its file order, then each other's new keys.
+
+    EMA copies come from the first source only, and only when the recipe keeps them.
     """
+    seen: dict[str, None] = {}
+    first = ckpts[0]
+    for key in first.file_order(first.keys() + (first.ema_keys() if recipe.keep_ema else [])):
+        seen[key] = None
+    for other in ckpts[1:]:
+        for key in other.file_order(other.keys()):
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | None = None) -> list[KeyPlan]:
+    """The output keys (see :func:`output_keys`) and how each is made.
+
+    One rule for keys that only some sources hold: a weight is combined from the sources whose
+    coefficient in its block is non-zero, and every one of them must hold it (else a
+    ``CheckpointError`` names the file, the key and the weight that leaves it out); a key
+    outside every block (buffers, position ids, markers) is copied from the first source that
+    holds it. Nothing is dropped. Also refused: shapes that differ (except the UNet input conv
+    of inpainting / instruct-pix2pix models, whose first 4 channels are merged), and a UNet
+    key the layout cannot place (it would be copied unmerged although the recipe asks to merge it).
+    """
+    from .prediction import V_MARKER, merged_prediction
+
     layout = layout or layout_for(recipe.family)
-    out_dtype = OUT_DTYPES[recipe.dtype]
     method = get_method(recipe.method)
     coefficients = recipe.coefficients() if method.linear else None
-    first = ckpts[0]
+    v_out = merged_prediction(ckpts) == "v"
     plans: list[KeyPlan] = []
-    keys = first.keys() + (first.ema_keys() if recipe.keep_ema else [])
-    for key in first.file_order(keys):
-        shape, dtype = first.shape(key), first.dtype(key)
+    for key in output_keys(recipe, ckpts):
+        if key == V_MARKER and not v_out:
+            continue  # the sources disagree and the merge follows A, which is not v-prediction
+        holders = [i for i, c in enumerate(ckpts) if key in c]
+        ref = ckpts[holders[0]]
+        shape, dtype = ref.shape(key), ref.dtype(key)
         block = layout.block_of(key)
         if block is None or not dtype.is_floating_point:
-            plans.append(KeyPlan(key, dtype, shape, (0,), ()))  # not a weight: copied verbatim
+            if block is None and key.startswith(layout.unet_prefix) and not layout.is_non_mergeable(key):
+                raise CheckpointError(
+                    f"{ref.path}: UNet key {key!r} belongs to no block of the {recipe.family.value} layout, so "
+                    "the recipe cannot merge it; the file is a variant mergesearch does not know — check "
+                    f"`mergesearch inspect {ref.path.name}` (family and unplaced keys) before merging it"
+                )
+            plans.append(KeyPlan(key, dtype, shape, (holders[0],), (), check=False))  # copied as it is
             continue
+        out_dtype = output_dtype(recipe.dtype, block, layout)
         if coefficients is None:
             uses = method.uses(recipe.weights[block], len(ckpts))
-            _check_sources(ckpts, key, block, shape, [i for i, u in enumerate(uses) if u])
-            srcs = tuple(i if u else 0 for i, u in enumerate(uses))
-            plans.append(KeyPlan(key, out_dtype, shape, srcs, (), recipe.weights[block]))
+            used = [(i, 1.0) for i, u in enumerate(uses) if u]
+        else:
+            used = [(i, c) for i, c in enumerate(coefficients[block]) if c != 0.0]
+        for i, _ in used:
+            if key not in ckpts[i]:
+                raise _missing_key_error(recipe, ckpts, i, key, block, holders[0])
+        channels, extra_from, shape = _input_channels(key, layout, ckpts, used, holders, shape)
+        if coefficients is None:
+            srcs = tuple(i if u else holders[0] for i, u in enumerate(uses))
+            plans.append(KeyPlan(key, out_dtype, shape, srcs, (), recipe.weights[block], channels=channels,
+                                 extra_from=extra_from))
             continue
-        used = [(i, c) for i, c in enumerate(coefficients[block]) if c != 0.0]
-        _check_sources(ckpts, key, block, shape, [i for i, _ in used])
         if not used:  # all weights cancel: the block is zero
-            used = [(0, 0.0)]
-        if len(used) == 1 and used[0][1] == 1.0 and ckpts[used[0][0]].dtype(key) == out_dtype:
+            used = [(holders[0], 0.0)]
+        if (
+            channels is None
+            and len(used) == 1
+            and used[0][1] == 1.0
+            and ckpts[used[0][0]].dtype(key) == out_dtype
+        ):
             plans.append(KeyPlan(key, out_dtype, shape, (used[0][0],), ()))  # held from one model
         else:
-            plans.append(KeyPlan(key, out_dtype, shape, tuple(i for i, _ in used), tuple(c for _, c in used)))
+            plans.append(
+                KeyPlan(
+                    key,
+                    out_dtype,
+                    shape,
+                    tuple(i for i, _ in used),
+                    tuple(c for _, c in used),
+                    channels=channels,
+                    extra_from=extra_from,
+                )
+            )
     return plans
 
 
-def _check_sources(ckpts: list[Checkpoint], key: str, block: str, shape: tuple[int, ...], used: list[int]) -> None:
-    """Refuse when a source the block reads lacks ``key`` or holds it with another shape."""
-    first = ckpts[0]
-    for i in used:
-        other = ckpts[i]
-        if key not in other:
+def _missing_key_error(recipe, ckpts, i, key, block, holder) -> CheckpointError:
+    part = {"TE": "text encoder", "VAE": "VAE"}.get(block, f"UNet block {block}")
+    if recipe.method == "weighted-sum" and block in ("TE", "VAE"):
+        flag = "--te-alpha" if block == "TE" else "--vae-alpha"
+        fix = f"{flag} {1 if i == 0 else 0} takes the {part} from {'B' if i == 0 else 'A'} alone"
+    else:
+        fix = f"give {block} a weight of 0 for this model"
+    return CheckpointError(
+        f"{ckpts[i].path}: has no key {key!r} ({part}) that {ckpts[holder].path.name} has, yet its weight for "
+        f"{block} is not 0; use a full checkpoint, or leave this model out of {block}: {fix}"
+    )
+
+
+def _input_channels(key, layout, ckpts, used, holders, shape):
+    """(channels, extra_from, output shape) for ``key``; refuses shapes that differ in any other way.
+
+    Only the UNet input conv may differ, and only in its input channels (dim 1), one model
+    having the latent's 4 and others 8 or 9: the output is the wide shape, its first 4 channels
+    combined as the recipe says and the rest taken from the first source that has them
+    (A1111's and SuperMerger's rule for inpainting and instruct-pix2pix models).
+    """
+    shapes = {i: ckpts[i].shape(key) for i in holders}
+    if all(shapes[i] == shape for i, _ in used):
+        return None, None, shape
+    first_name = ckpts[holders[0]].path.name
+    if key == layout.input_conv:
+        base = layout.latent_channels
+        widths = {s[1] for s in shapes.values()}
+        same_rest = len({(s[0], *s[2:]) for s in shapes.values()}) == 1
+        wide = sorted(w for w in widths if w != base)
+        if same_rest and base in widths and len(wide) == 1:
+            extra_from = next(i for i in holders if shapes[i][1] == wide[0])
+            wide_shape = shapes[extra_from]
+            if all(shapes[i][1] == wide[0] for i, _ in used):
+                return None, None, wide_shape
+            return base, extra_from, wide_shape
+        if same_rest and base in widths and len(wide) > 1:
+            listing = ", ".join(f"{ckpts[i].path.name}: {shapes[i][1]}" for i in holders)
             raise CheckpointError(
-                f"{other.path}: has no key {key!r} (block {block}) that {first.path.name} has; "
-                f"use full checkpoints of one family, or give {block} a weight of 0 for this model"
+                f"{ckpts[holders[0]].path}: key {key!r} has input channels that disagree ({listing}); "
+                "an inpainting (9) and an instruct-pix2pix (8) model cannot be merged with each other"
             )
-        if other.shape(key) != shape:
+    for i, _ in used:
+        if shapes[i] != shape:
             raise CheckpointError(
-                f"{other.path}: key {key!r} has shape {other.shape(key)} but {first.path.name} has {shape}; "
+                f"{ckpts[i].path}: key {key!r} has shape {shapes[i]} but {first_name} has {shape}; "
                 "these models are different architectures and cannot be merged"
             )
+    raise AssertionError("unreachable: some used shape differs")
 
 
 def _nonfinite_error(plan: KeyPlan, ckpts: list[Checkpoint], out_dtype: torch.dtype) -> CheckpointError:
@@ -161,7 +282,8 @@ def _nonfinite_error(plan: KeyPlan, ckpts: list[Checkpoint], out_dtype: torch.dt
                 "re-download it, or merge with a weight of 0 for this model in that block"
             )
     return CheckpointError(
-        f"merged key {plan.key!r} overflows {str(out_dtype).removeprefix('torch.')}; use --dtype bf16 or fp32"
+        f"merged key {plan.key!r} overflows {str(out_dtype).removeprefix('torch.')}; use --dtype "
+        + ("fp16, bf16 or fp32" if out_dtype in FP8 else "bf16 or fp32")
     )
 
 
@@ -234,19 +356,22 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
     with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
         for plan in plans:
             writer.begin(plan.key)
-            if plan.vector is not None:
+            if plan.channels is not None:
+                writer.write(tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state)))
+            elif plan.vector is not None:
                 tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
                 ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
                 for part in method_chunks(method, tensors, plan.vector, ctx):
-                    out = part if plan.dtype == torch.float32 else part.to(plan.dtype)
-                    if not all_finite(out):
-                        raise _nonfinite_error(plan, ckpts, plan.dtype)
-                    writer.write(tensor_bytes(out))
+                    writer.write(tensor_bytes(_cast_checked(part, plan, ckpts)))
             elif not plan.coeffs:
                 src = ckpts[plan.sources[0]]
-                if plan.dtype.is_floating_point and not all_finite(src.tensor(plan.key)):
+                if plan.check and not all_finite(src.tensor(plan.key)):
                     raise _nonfinite_error(plan, ckpts, plan.dtype)
                 writer.write(src.raw_bytes(plan.key))
+            elif plan.dtype in FP8:
+                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+                for part in combine_chunks(tensors, plan.coeffs, torch.float32, scratch=scratch):
+                    writer.write(tensor_bytes(_cast_checked(part, plan, ckpts)))
             else:
                 tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
                 chunks = combine_chunks(
@@ -261,6 +386,39 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
                 on_key(plan.key)
 
 
+def _cast_checked(part: torch.Tensor, plan: KeyPlan, ckpts: list[Checkpoint]) -> torch.Tensor:
+    """An fp32 piece cast to the plan's dtype, refused when not finite there.
+
+    fp8 casts saturate instead of overflowing, so for fp8 the fp32 values are checked against the range.
+    """
+    if plan.dtype in FP8:
+        if not all_finite(part) or float(part.abs().max()) > torch.finfo(plan.dtype).max:
+            raise _nonfinite_error(plan, ckpts, plan.dtype)
+        return part.to(plan.dtype)
+    out = part if plan.dtype == torch.float32 else part.to(plan.dtype)
+    if not all_finite(out):
+        raise _nonfinite_error(plan, ckpts, plan.dtype)
+    return out
+
+
+def _combine_input_conv(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> torch.Tensor:
+    """The UNet input conv of an inpainting / instruct-pix2pix merge (small: out x 9 x 3 x 3).
+
+    Channels ``[:channels]`` are merged as the recipe says; the extra ones are copied from
+    ``extra_from`` (in fp32, then cast once like every other weight).
+    """
+    c = plan.channels
+    out = torch.empty(plan.shape, dtype=torch.float32)
+    narrow = [ckpts[i].tensor(plan.key)[:, :c].contiguous() for i in plan.sources]
+    if plan.vector is not None:
+        ctx = KeyContext(plan.key, tuple(narrow[0].shape), 0, seed, state)
+        out[:, :c] = torch.cat(list(method_chunks(method, narrow, plan.vector, ctx))).reshape(narrow[0].shape)
+    else:
+        out[:, :c] = linear_combination(narrow, plan.coeffs, torch.float32)
+    out[:, c:] = ckpts[plan.extra_from].tensor(plan.key)[:, c:].float()
+    return _cast_checked(out, plan, ckpts)
+
+
 def merge_to_file(
     recipe: Recipe,
     out: str | os.PathLike,
@@ -269,11 +427,14 @@ def merge_to_file(
     progress: bool = True,
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Merge ``recipe`` from its source files into the safetensors file ``out``."""
-    out = Path(out)
+    """Merge ``recipe`` from its source files into the safetensors file ``out``.
+
+    Everything is checked before anything is written (:func:`plan_merge`, and
+    :func:`merge_core.outputs.check_output`: never over a source, --overwrite or not); on any
+    error no output is left behind. Raises ``CheckpointError`` naming the file, the key and the fix.
+    """
     ckpts = open_sources(recipe)
-    if any(out.exists() and out.resolve() == c.path.resolve() for c in ckpts):
-        raise CheckpointError(f"{out}: is one of the sources; write the merge to a new file")
+    out = check_output(out, [c.path for c in ckpts], overwrite=overwrite)
     plans = plan_merge(recipe, ckpts)
     pending = ["0" * 64] * len(ckpts)
     entries = {p.key: (p.dtype, p.shape) for p in plans}

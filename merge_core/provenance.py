@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 
 from .checkpoint import Checkpoint
+from .errors import CheckpointWarning
+from .prediction import carried_modelspec, merged_prediction
 from .recipe import Recipe
 
 RECIPE_KEY = "mergesearch_recipe"
@@ -23,6 +26,30 @@ def legacy_hash(path: str | os.PathLike) -> str:
 
 def _uniform(values: list[tuple[float, ...]]) -> tuple[float, ...] | None:
     return values[0] if all(v == values[0] for v in values) else None
+
+
+def _ancestry(ckpt: Checkpoint) -> dict[str, dict]:
+    """A parent's own ``sd_merge_models`` (A1111 keeps the ancestry of merged parents).
+
+    Other tools write it malformed (JSON ``null``, a list, broken text): then it is dropped
+    with a warning, never allowed to stop the merge.
+    """
+    text = ckpt.metadata.get("sd_merge_models")
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    warnings.warn(
+        f"{ckpt.path}: its sd_merge_models metadata is not a JSON object ({str(text)[:40]!r}); "
+        "the merge does not carry it over",
+        CheckpointWarning,
+        stacklevel=3,
+    )
+    return {}
 
 
 def merge_metadata(recipe: Recipe, sources: list[Checkpoint], hashes: list[str]) -> dict[str, str]:
@@ -55,11 +82,9 @@ def merge_metadata(recipe: Recipe, sources: list[Checkpoint], hashes: list[str])
             "legacy_hash": legacy_hash(ckpt.path),
             "sd_merge_recipe": ckpt.metadata.get("sd_merge_recipe"),
         }
-        try:  # keep the ancestry of merged parents, as A1111 does
-            models.update(json.loads(ckpt.metadata.get("sd_merge_models", "{}")))
-        except ValueError:
-            pass
+        models.update(_ancestry(ckpt))
     return {
+        **carried_modelspec(sources, merged_prediction(sources, warn=False)),
         "format": "pt",
         RECIPE_KEY: recipe.to_json(),
         SOURCES_KEY: json.dumps([{"name": s.name, "sha256": s.sha256} for s in recipe.sources]),

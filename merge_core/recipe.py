@@ -14,7 +14,8 @@ from .hashing import file_sha256
 from .layout import layout_for
 from .methods import canonical_name, get_method
 
-Dtype = Literal["fp16", "bf16", "fp32"]
+# fp8 outputs hold the UNet in float8 and the text encoders and VAE in fp16 (merge.output_dtype).
+Dtype = Literal["fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
 
 
 class Source(BaseModel):

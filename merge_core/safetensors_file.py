@@ -15,13 +15,14 @@ import os
 import struct
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointWarning
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -80,6 +81,13 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     except ValueError as exc:
         raise CheckpointError(f"{path}: not a safetensors file (bad header: {exc}); re-export it") from None
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):  # other tools' malformed metadata must not stop a merge
+        warnings.warn(
+            f"{path}: its __metadata__ is a {type(metadata).__name__}, not a JSON object; ignored",
+            CheckpointWarning,
+            stacklevel=2,
+        )
+        metadata = {}
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     for key, entry in header.items():
@@ -102,7 +110,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 "re-download or re-copy it"
             )
         infos[key] = TensorInfo(dtype, shape, base + begin, base + end)
-    return infos, {str(k): str(v) for k, v in metadata.items()}
+    return infos, {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
 
 
 def build_header(
@@ -162,10 +170,10 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     Yields ``(fd, temp_path)``.
     """
     out = Path(path)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: already exists; choose another name or pass --overwrite")
     if out.is_dir():
         raise CheckpointError(f"{out}: is a folder; give a file name ending in .safetensors")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out}: already exists; choose another name or pass --overwrite")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"{out}: folder {folder} does not exist; create it first")

@@ -9,7 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 HELP = """\
-Print a checkpoint's family, dtypes, size, parameter count per UNet block and component,
+Print a checkpoint's family and variant (standard, inpainting, instruct-pix2pix; the SDXL refiner
+is its own family), its prediction type (from its keys or metadata), the keys no block or component
+holds, dtypes, size, parameter count per UNet block and component,
 sha256 and A1111 short hash, and its metadata (merge recipes included).
 
 examples:
@@ -54,7 +56,9 @@ def describe(path: Path, *, hash: bool = True) -> dict:
         "file": str(path),
         "format": ckpt.format,
         "family": ckpt.family.value,
+        "variant": ckpt.variant,
         "prediction": ckpt.prediction,
+        "prediction_source": ckpt.prediction_source,
         "size_bytes": path.stat().st_size,
         "tensors": len(ckpt.keys()),
         "parameters": sum(params.values()),
@@ -78,8 +82,13 @@ def _fmt(n: int) -> str:
 def render(info: dict) -> str:
     lines = [
         f"file        {info['file']}",
-        f"family      {info['family']}"
-        + (f" ({info['prediction']}-prediction)" if info["prediction"] else ""),
+        f"family      {info['family']}, {info['variant']}",
+        "prediction  "
+        + (
+            f"{info['prediction']} (from the file's {info['prediction_source']})"
+            if info["prediction"]
+            else "not stated in the file (loaders assume epsilon unless told)"
+        ),
         f"format      {info['format']}, {info['size_bytes'] / 1e9:.2f} GB, {info['tensors']} tensors",
         "dtype       " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["dtypes"].items()),
         f"parameters  {_fmt(info['parameters'])}",
@@ -89,9 +98,12 @@ def render(info: dict) -> str:
     extra = f"{info['non_mergeable_keys']} non-weight keys copied as they are"
     if info["ema_keys"]:
         extra += f", {info['ema_keys']} EMA keys"
+    lines.append(f"other       {extra}")
     if info["unknown_keys"]:
-        extra += f", {len(info['unknown_keys'])} unknown keys (first: {info['unknown_keys'][0]})"
-    lines += [f"other       {extra}", "", "block     params"]
+        n = len(info["unknown_keys"])
+        lines.append(f"unplaced    {n} key(s) in no block or component (copied by merges; a UNet one is refused):")
+        lines += [f"  {k}" for k in info["unknown_keys"][:20]] + ([f"  ... {n - 20} more"] if n > 20 else [])
+    lines += ["", "block     params"]
     total = max(info["parameters"], 1)
     for block, n in info["params_per_block"].items():
         lines.append(f"{block:8s} {_fmt(n):>8s}  {'#' * round(40 * n / total)}")

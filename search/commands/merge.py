@@ -57,7 +57,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--te-alpha", type=float, help="alpha for the text encoder(s)")
     p.add_argument("--vae-alpha", type=float, help="alpha for the VAE")
     p.add_argument(
-        "--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="output dtype (default fp16)"
+        "--dtype",
+        choices=["fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"],
+        default=None,
+        help="output dtype (default fp16, or the recipe's with --recipe); fp8 applies to the UNet, "
+        "the text encoders and VAE stay fp16. The maths is fp32 whatever the sources' dtypes",
     )
     p.add_argument("--keep-ema", action="store_true", help="keep model A's EMA weights (dropped by default)")
     p.add_argument(
@@ -110,7 +114,7 @@ def build_recipe(args):
         method=method.name,
         sources=sources,
         weights=weights,
-        dtype=args.dtype,
+        dtype=args.dtype or "fp16",
         keep_ema=args.keep_ema,
     )
 
@@ -136,18 +140,82 @@ def error_text(exc: Exception) -> str:
     return str(exc)
 
 
+# SuperMerger's sliders allow weights in [-1, 2]; outside it a typo (5 for 0.5) is the likelier story.
+USUAL_RANGE = (-1.0, 2.0)
+
+
+def warn_unusual_weights(recipe) -> None:
+    """A CheckpointWarning naming the blocks whose weights lie outside USUAL_RANGE."""
+    import warnings
+
+    from merge_core.errors import CheckpointWarning
+
+    lo, hi = USUAL_RANGE
+    odd = [(w, p) for w, params in recipe.weights.items() for p in params if not lo <= p <= hi]
+    if odd:
+        listing = ", ".join(f"{w}={p:g}" for w, p in odd[:6]) + (" ..." if len(odd) > 6 else "")
+        warnings.warn(
+            f"weights outside [{lo:g}, {hi:g}] ({listing}); merges that far out rarely make a usable model — "
+            "check for a typo (e.g. 5 for 0.5)",
+            CheckpointWarning,
+            stacklevel=2,
+        )
+
+
+def check_recipe_path(path: Path, output: Path, models) -> None:
+    """Refuse a --save-recipe path that could not be written, before the merge starts."""
+    import os
+
+    from merge_core.outputs import same_file
+
+    if path.is_dir():
+        raise ValueError(f"--save-recipe {path}: is a folder; give a file name such as {path / 'recipe.json'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"--save-recipe {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--save-recipe {path}: cannot write there (permission denied); choose a writable folder")
+    for other in [output, *models]:
+        if same_file(path, Path(other)) or path.resolve() == Path(other).resolve():
+            raise ValueError(f"--save-recipe {path}: is {other}, an input or the output; choose another name")
+
+
+def save_recipe_of(out: Path, path: Path) -> None:
+    """Write the recipe the merge in ``out`` records (with each source's sha256), atomically."""
+    import os
+    import tempfile
+
+    from merge_core import Recipe
+    from merge_core.provenance import RECIPE_KEY
+    from merge_core.safetensors_file import read_header
+
+    recipe = Recipe.from_json(read_header(out)[1][RECIPE_KEY])
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(recipe.to_json(indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def run(args) -> int:
     from merge_core import CheckpointError, merge_to_file
 
     t0 = time.perf_counter()
     try:
         recipe = build_recipe(args)
-        if args.recipe and args.dtype:
+        if args.recipe and args.dtype:  # the recipe's dtype unless --dtype is given
             recipe = recipe.model_copy(update={"dtype": args.dtype})
+        warn_unusual_weights(recipe)
+        if args.save_recipe:
+            check_recipe_path(args.save_recipe, args.output, [s.path for s in recipe.sources])
         with unwind_on_sigterm():
             out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
         if args.save_recipe:
-            args.save_recipe.write_text(recipe.to_json(indent=2) + "\n")
+            save_recipe_of(out, args.save_recipe)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"mergesearch merge: error: {error_text(exc)}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict
 
 from merge_core import file_sha256, merge_to_file, repair_to_file
+from merge_core.outputs import check_output
 from merge_core.safetensors_file import atomic_output, build_header, read_header, write_all
 from search.review.provenance import PROVENANCE_KEY, provenance, provenance_metadata
 from search.review.run import ReviewError, RunFolder
@@ -91,6 +92,9 @@ def export_trial(
     chosen = pick_trial(study, trial)
     _check_output(out, overwrite)
     recipe = check_sources(trial_recipe(chosen), relocate)
+    # Never over a search source or the repair donor, --overwrite or not (the next export would fail its sha256).
+    check_output(out, [s.path for s in recipe.sources] + ([repair_with] if repair_with else []),
+                 overwrite=overwrite, what="the export")
     if dtype is not None:
         if dtype not in DTYPES:
             raise ReviewError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")

@@ -48,7 +48,7 @@ def bad_file(tmp_path, kind):
         p = save_safetensors(sd, tmp_path / "pruned.safetensors")
         return (
             p,
-            r"pruned\.safetensors: has no key 'model\.diffusion_model\.output_blocks\.5\.1\.proj_out\.weight' \(block OUT05\)",
+            r"pruned\.safetensors: has no key 'model\.diffusion_model\.output_blocks\.5\.1\.proj_out\.weight' \(UNet block OUT05\)",
         )
     if kind == "nan":
         sd = tiny_state_dict("sd1", seed=2)
