@@ -95,7 +95,11 @@ class BenchmarkEvaluator:
             return EvalResult(**head, status="failed", error="the score is not a finite number")
         k = self.sheet_images
         sheet = contact_sheet(images[:k], score.model_copy(update={"prompts": score.prompts[:k]}), cell=SHEET_CELL)
-        return EvalResult(**head, status="ok", value=float(score.overall), categories=dict(score.category_recall),
+        from search.trial_record import standard_error
+
+        per_prompt = tuple(float(p.recall) for p in score.prompts)
+        return EvalResult(**head, status="ok", value=float(score.overall), se=standard_error(per_prompt),
+                          prompt_scores=per_prompt, categories=dict(score.category_recall),
                           intermediate=tuple(partial), render_seconds=render_seconds, apply_seconds=apply_seconds,
                           sheet=_webp(sheet))
 

@@ -19,6 +19,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
+from search import trial_record as record
 from search.space import Params, SearchSpace
 from search.study import fail_running, finished_count
 from search.tasks import EvalResult, EvalTask
@@ -69,6 +70,11 @@ class _Flight:
     result: EvalResult | None = None
 
 
+def frozen_of(trial: optuna.Trial):
+    """The stored state of a live trial (its attrs as the storage holds them)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
 class SearchLoop:
     def __init__(self, study: optuna.Study, space: SearchSpace, pool: WorkerPool, *,
                  make_recipe: Callable[[Params], str], options: LoopOptions,
@@ -82,11 +88,10 @@ class SearchLoop:
         self._queue: list[EvalTask] = []  # holdout tasks, served before new trials
         self._next_task = 0
         self._stop = False
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if done:
-            best = max(done, key=lambda t: t.value)
-            self.stats.best_value, self.stats.best_number = best.value, best.number
-            self.stats.best_holdout = best.user_attrs.get("holdout")
+        best = record.best(record.read_all(study))
+        if best is not None:
+            self.stats.best_value, self.stats.best_number = best.objective, best.number
+            self.stats.best_holdout = best.holdout
 
     def request_stop(self, reason: str = "interrupted") -> None:
         self._stop = True
@@ -135,13 +140,13 @@ class SearchLoop:
                 params = self.space.suggest(trial)
                 recipe = self.make_recipe(params)
             except Exception as exc:  # a sampler or recipe error fails this trial, not the search
-                trial.set_user_attr("fail_reason", f"proposal: {type(exc).__name__}: {exc}")
+                record.write(trial, fail_reason=f"proposal: {type(exc).__name__}: {exc}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.stats.failed += 1
                 continue
-            trial.set_user_attr("recipe", recipe)
+            record.write(trial, recipe=recipe)
             self._flights[trial.number] = _Flight(trial=trial, params=params, recipe=recipe)
-            baseline = "baseline" in trial.user_attrs
+            baseline = record.read(frozen_of(trial)).baseline is not None
             self._submit(trial.number, recipe, "search", () if baseline else self._prune_thresholds())
 
     def _submit(self, number: int, recipe: str, split: str, prune_below: tuple[float | None, ...]) -> None:
@@ -186,7 +191,8 @@ class SearchLoop:
 
     def _crashed(self, flight: _Flight, error: str) -> None:
         t = flight.trial
-        first = not (t.user_attrs.get("retry_of") is not None and t.user_attrs.get("retry_reason") == "crash")
+        mine = record.read(t.study._storage.get_trial(t._trial_id))
+        first = not (mine.retry_of is not None and mine.retry_reason == "crash")
         frozen = self.study._storage.get_trial(t._trial_id)
         fail_running(self.study, frozen, reason="crash", detail=error, retry=first)
         del self._flights[t.number]
@@ -199,36 +205,34 @@ class SearchLoop:
         t = flight.trial
         for step, v in enumerate(r.intermediate):
             t.report(v, step)
-        t.set_user_attr("render_seconds", round(r.render_seconds, 3))
-        t.set_user_attr("worker", r.worker)
+        record.write(t, render_seconds=round(r.render_seconds, 3), apply_seconds=round(r.apply_seconds, 3),
+                     worker=r.worker)
         self.stats.render_seconds += r.render_seconds
         self.stats.apply_seconds += r.apply_seconds
         if r.status == "failed":
-            t.set_user_attr("fail_reason", r.error or "failed")
+            record.write(t, fail_reason=r.error or "failed")
             self.study.tell(t, state=TrialState.FAIL)
             self.stats.failed += 1
             del self._flights[t.number]
             return
         if r.status == "pruned":
-            t.set_user_attr("saved_seconds", round(r.saved_seconds, 3))
+            record.write(t, saved_seconds=round(r.saved_seconds, 3))
             self.stats.saved_seconds += r.saved_seconds
             self.study.tell(t, state=TrialState.PRUNED)
             self.stats.pruned += 1
             del self._flights[t.number]
             return
-        value = float(r.value)
-        if self.options.negative_penalty:
-            mass = self.space.negative_mass(flight.params)
-            t.set_user_attr("tag_recall_raw", value)
-            t.set_user_attr("negative_mass", mass)
+        value = float(r.value)  # the raw tag recall; the objective is what the sampler is told
+        mass = self.space.negative_mass(flight.params) if self.options.negative_penalty else None
+        record.write(t, **record.result_fields("search", r), negative_mass=mass)
+        if mass is not None:
             value -= self.options.negative_penalty * mass
-        t.set_user_attr("categories", dict(r.categories))
         self._upload_sheet(t, r.sheet)
         flight.value, flight.result = value, r
         is_best = self.stats.best_value is None or value > self.stats.best_value
         if is_best:
             self.stats.best_value, self.stats.best_number, self.stats.best_holdout = value, t.number, None
-        if self.options.holdout and (is_best or "baseline" in t.user_attrs):
+        if self.options.holdout and (is_best or record.read(frozen_of(t)).baseline):
             self._submit(t.number, flight.recipe, "holdout", ())
         else:
             self._tell_complete(flight)
@@ -236,10 +240,9 @@ class SearchLoop:
     def _finish_holdout(self, flight: _Flight, r: EvalResult | Crash) -> None:
         t = flight.trial
         if isinstance(r, Crash) or r.status != "ok":
-            t.set_user_attr("holdout_error", r.error if isinstance(r, Crash) else (r.error or r.status))
+            record.write(t, holdout_error=r.error if isinstance(r, Crash) else (r.error or r.status))
         else:
-            t.set_user_attr("holdout", float(r.value))
-            t.set_user_attr("holdout_categories", dict(r.categories))
+            record.write(t, **record.result_fields("holdout", r))
             if self.stats.best_number == t.number:
                 self.stats.best_holdout = float(r.value)
         self._tell_complete(flight)
@@ -262,7 +265,7 @@ class SearchLoop:
         """On stop: in-flight trials are failed and re-enqueued so the next run evaluates them."""
         for number, flight in list(self._flights.items()):
             if flight.value is not None:  # scored, only its holdout check was pending: keep the score
-                flight.trial.set_user_attr("holdout_error", "search stopped before the holdout check")
+                record.write(flight.trial, holdout_error="search stopped before the holdout check")
                 self._tell_complete(flight)
                 continue
             frozen = self.study._storage.get_trial(flight.trial._trial_id)

@@ -11,6 +11,8 @@ from datetime import datetime
 
 from optuna.trial import FrozenTrial, TrialState
 
+from search import trial_record as record
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -37,15 +39,16 @@ def _ts(d: datetime | None) -> float | None:
     return d.timestamp() if d else None
 
 
-def summarize(trials: Sequence[FrozenTrial], *, budget_trials: int | None = None,
+def summarize(trials: Sequence[FrozenTrial] | Sequence[record.TrialRecord], *, budget_trials: int | None = None,
               budget_hours: float | None = None, now: float | None = None) -> Summary:
     now = time.time() if now is None else now
-    by = {s: [t for t in trials if t.state == s] for s in TrialState}
-    failed = [t for t in by[TrialState.FAIL] if not t.user_attrs.get("requeued")]
-    retried = [t for t in by[TrialState.FAIL] if t.user_attrs.get("requeued")]
+    trials = [t if isinstance(t, record.TrialRecord) else record.read(t) for t in trials]
+    by = {s: [t for t in trials if t.state == s.name] for s in TrialState}
+    failed = [t for t in by[TrialState.FAIL] if t.failed_for_good]
+    retried = [t for t in by[TrialState.FAIL] if not t.failed_for_good]
     complete = by[TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value, default=None)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t in failed]
+    best = record.best(complete)
+    finished = [t for t in trials if t.state in ("COMPLETE", "PRUNED") or t.failed_for_good]
     starts = [_ts(t.datetime_start) for t in trials if t.datetime_start]
     ends = [_ts(t.datetime_complete) for t in finished if t.datetime_complete]
     rate = None
@@ -59,12 +62,12 @@ def summarize(trials: Sequence[FrozenTrial], *, budget_trials: int | None = None
     if budget_hours is not None and starts:
         left = min(starts) + budget_hours * 3600 - now
         eta = max(left, 0.0) if eta is None else min(eta, max(left, 0.0))
-    saved = sum(float(t.user_attrs.get("saved_seconds", 0.0)) for t in by[TrialState.PRUNED])
+    saved = sum(t.saved_seconds or 0.0 for t in by[TrialState.PRUNED])
     return Summary(
         complete=len(complete), pruned=len(by[TrialState.PRUNED]), failed=len(failed), retried=len(retried),
         running=len(by[TrialState.RUNNING]), waiting=len(by[TrialState.WAITING]),
-        best_value=best.value if best else None, best_number=best.number if best else None,
-        best_holdout=best.user_attrs.get("holdout") if best else None, trials_per_hour=rate, eta_seconds=eta,
+        best_value=best.objective if best else None, best_number=best.number if best else None,
+        best_holdout=best.holdout if best else None, trials_per_hour=rate, eta_seconds=eta,
         budget_trials=budget_trials, saved_seconds=saved)
 
 

@@ -1,65 +1,90 @@
-"""The closing table: the best trial against each parent and the uniform merge, search and holdout."""
+"""The closing table: the best trial against each parent and the uniform merge, search and holdout.
+
+Read through `search.trial_record`, so a study left by an interrupted or older run (a baseline with
+no holdout score, a trial with no categories) prints with dashes and a line saying what is missing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
+
+from search import trial_record as record
+from search.trial_record import TrialRecord
 
 
 @dataclass(frozen=True)
 class Row:
     label: str
     trial: int
-    search: float | None
+    search: float | None  # raw tag recall, search split
     holdout: float | None
     categories: dict[str, float]
+    objective: float | None = None  # what the sampler maximised (differs from `search` under a penalty)
+    holdout_note: str = ""  # why there is no holdout score
 
 
-def result_rows(trials: Sequence[FrozenTrial]) -> list[Row]:
-    """Best trial first, then the baselines (latest completed trial of each label)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
+def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[Row]:
+    """Best trial (by objective) first, then the baselines (latest completed trial of each label)."""
+    records = [t if isinstance(t, TrialRecord) else record.read(t) for t in trials]
+    best = record.best(records)
+    if best is None:
         return []
 
-    def row(label: str, t: FrozenTrial) -> Row:
-        search = t.user_attrs.get("tag_recall_raw", t.value)
-        return Row(label, t.number, search, t.user_attrs.get("holdout"), dict(t.user_attrs.get("categories", {})))
+    def row(label: str, r: TrialRecord) -> Row:
+        return Row(label, r.number, r.search, r.holdout, dict(r.search_categories), r.objective,
+                   r.why_no("holdout"))
 
-    best = max(complete, key=lambda t: t.value)
     rows = [row("best", best)]
-    baselines: dict[str, FrozenTrial] = {}
-    for t in complete:
-        if "baseline" in t.user_attrs:
-            baselines[t.user_attrs["baseline"]] = t
-    order = sorted(baselines, key=lambda s: (s == "uniform", s))
-    rows += [row(label, baselines[label]) for label in order]
+    found = record.baselines(records)
+    order = sorted(found, key=lambda s: (s == "uniform", s))
+    rows += [row(label, found[label]) for label in order]
     return rows
 
 
-def format_table(rows: Sequence[Row]) -> str:
+def format_table(rows: Sequence[Row], gaps: Sequence[str] = ()) -> str:
+    """Fixed-width table; `gaps`: lines from `trial_record.gaps` saying what the study lacks."""
     if not rows:
-        return "no completed trial yet"
+        return "\n".join(["no completed trial yet", *gaps])
     width = max(len(r.label) for r in rows) + 2
     cats = sorted({c for r in rows for c in r.categories})
+    penalised = any(r.objective is not None and r.search is not None and abs(r.objective - r.search) > 1e-12
+                    for r in rows)
 
     def f(x: float | None) -> str:
         return "   -  " if x is None else f"{x:6.3f}"
 
-    head = f"{'':{width}}{'trial':>6}  {'search':>6}  {'holdout':>7}  " + "  ".join(f"{c[:9]:>9}" for c in cats)
+    obj = f"{record.OBJECTIVE:>9}  " if penalised else ""
+    head = (f"{'':{width}}{'trial':>6}  {obj}{record.RECALL:>10}  {'holdout':>7}  "
+            + "  ".join(f"{c[:9]:>9}" for c in cats))
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.label:{width}}{r.trial:>6}  {f(r.search)}  {f(r.holdout):>7}  "
+        o = f"{f(r.objective):>9}  " if penalised else ""
+        lines.append(f"{r.label:{width}}{r.trial:>6}  {o}{f(r.search):>10}  {f(r.holdout):>7}  "
                      + "  ".join(f"{f(r.categories.get(c)):>9}" for c in cats))
-    best = rows[0]
-    others = [r for r in rows[1:] if r.holdout is not None and r.trial != best.trial]
-    if len(others) < len(rows) - 1:
-        lines.append(f"the best trial is a baseline ({next(r.label for r in rows[1:] if r.trial == best.trial)})")
-    elif best.holdout is not None and others:
-        top = max(others, key=lambda r: r.holdout)
-        verdict = "beats" if best.holdout > top.holdout else "does not beat"
-        lines.append(f"holdout: best trial {best.trial} {verdict} every baseline "
-                     f"({best.holdout:.3f} vs {top.label} {top.holdout:.3f}, {best.holdout - top.holdout:+.3f})")
-    lines.append("(categories: search split)")
+    lines.append(_verdict(rows))
+    if penalised:
+        lines.append(f"({record.OBJECTIVE} = {record.RECALL} less the negative-weight penalty; "
+                     "the best is chosen by objective)")
+    lines.append(f"({record.RECALL} and categories: search split)")
+    lines.extend(gaps)
     return "\n".join(lines)
+
+
+def _verdict(rows: Sequence[Row]) -> str:
+    best, others = rows[0], [r for r in rows[1:]]
+    same = [r for r in others if r.trial == best.trial]
+    if same:
+        return f"the best trial is a baseline ({same[0].label})"
+    if best.holdout is None:
+        return f"holdout: best trial {best.trial} has no holdout score ({best.holdout_note})"
+    scored = [r for r in others if r.holdout is not None]
+    if not scored:
+        return "holdout: no baseline has a holdout score yet; nothing to compare the best trial with"
+    top = max(scored, key=lambda r: r.holdout)
+    every = "every baseline" if len(scored) == len(others) else f"the {len(scored)} baselines with a holdout score"
+    verdict = "beats" if best.holdout > top.holdout else "does not beat"
+    return (f"holdout: best trial {best.trial} {verdict} {every} "
+            f"({best.holdout:.3f} vs {top.label} {top.holdout:.3f}, {best.holdout - top.holdout:+.3f})")

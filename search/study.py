@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import trial_record as record
 from search.samplers import make_sampler
 from search.space import SearchSpace
 
@@ -36,9 +37,7 @@ def fixed_params(trial: FrozenTrial) -> dict[str, Any]:
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str) -> None:
     """Enqueue the same params again, carrying the baseline label; the old trial is marked `requeued`."""
-    attrs = {"retry_of": trial.number, "retry_reason": reason}
-    if "baseline" in trial.user_attrs:
-        attrs["baseline"] = trial.user_attrs["baseline"]
+    attrs = record.enqueue_attrs(retry_of=trial.number, retry_reason=reason, baseline=record.read(trial).baseline)
     study.enqueue_trial(fixed_params(trial), user_attrs=attrs)
 
 
@@ -46,9 +45,8 @@ def fail_running(study: optuna.Study, trial: FrozenTrial, *, reason: str, retry:
     """Fail a RUNNING trial; with retry, enqueue its params again (reason: crash|interrupted|driver)."""
     storage = study._storage
     retry = retry and bool(fixed_params(trial))  # died before its params were drawn: nothing to repeat
-    if retry:
-        storage.set_trial_user_attr(trial._trial_id, "requeued", True)
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{reason}: {detail}" if detail else reason)
+    record.write_stored(storage, trial._trial_id, requeued=True if retry else None,
+                        fail_reason=f"{reason}: {detail}" if detail else reason)
     storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     if retry:
         requeue(study, trial, reason=reason)
@@ -102,11 +100,11 @@ def open_study(
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
-    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    present = {r.baseline for r in record.read_all(study.get_trials(deepcopy=False))}
     out = []
     for label, params in space.baselines():
         if label not in present:
-            study.enqueue_trial(params, user_attrs={"baseline": label})
+            study.enqueue_trial(params, user_attrs=record.enqueue_attrs(baseline=label))
             out.append(label)
     return out
 
@@ -127,13 +125,8 @@ def storage_label(storage: optuna.storages.BaseStorage) -> str:
 
 def finished_count(study: optuna.Study) -> int:
     """Trials that count against the budget: complete, pruned, or failed for good (not requeued)."""
-    n = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            n += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get("requeued"):
-            n += 1
-    return n
+    return sum(1 for r in record.read_all(study.get_trials(deepcopy=False))
+               if r.state in ("COMPLETE", "PRUNED") or r.failed_for_good)
 
 
 def study_attrs(*, config_json: str, family: str, sources: list[dict[str, str]], prompt_set_hash: str,

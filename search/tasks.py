@@ -25,7 +25,9 @@ class EvalResult(BaseModel):
     trial_number: int
     split: Literal["search", "holdout"] = "search"
     status: Literal["ok", "pruned", "failed"]
-    value: float | None = None  # overall tag recall
+    value: float | None = None  # overall tag recall (mean over the split's prompts)
+    se: float | None = None  # its standard error over prompts (ddof=1)
+    prompt_scores: tuple[float, ...] = ()  # recall per prompt, prompt-set order (paired comparisons)
     categories: dict[str, float] = Field(default_factory=dict)
     intermediate: tuple[float, ...] = ()  # running score after each prompt batch
     render_seconds: float = 0.0

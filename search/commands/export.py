@@ -61,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
     except user_errors as exc:
         print(f"mergesearch export: {exc}", file=sys.stderr)
         return 2
-    print(f"exported trial {result.trial} of {result.study_name} ({result.dtype}, tag_recall "
-          f"{result.score:.4f}) to {result.path}")
+    from search.review.provenance import describe_scores
+
+    scores = {"search": result.score, "objective": result.objective}
+    print(f"exported trial {result.trial} of {result.study_name} ({result.dtype}, {describe_scores(scores)}) "
+          f"to {result.path}")
     if not args.verify:
         return 0
     from search.review.verify import verify_export

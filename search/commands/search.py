@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
             view.close()
         _shutdown_ray(w.backend)
     stats = result.stats
-    trials = result.study.get_trials(deepcopy=False)
+    from search import trial_record as record
+
+    records = record.read_all(result.study)
+    trials = records
     opened = result.opened
     resumed = "" if opened.created else f" (resumed; {len(opened.recovered)} stale trial(s) re-enqueued)"
     print(f"\nstudy {result.info.study_name}{resumed}: {len(trials)} trials stored, this run: "
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if stats.pruned:
         share = stats.saved_seconds / max(stats.render_seconds + stats.saved_seconds, 1e-9)
         print(f"pruning saved {stats.saved_seconds:.0f} s of rendering ({share:.0%} of the render time)")
-    print(format_table(result_rows(trials)))
+    print(format_table(result_rows(records), record.gaps(records)))
     print(f"run folder: {Path(result.info.config_path).parent}  (mergesearch status / report / export)")
     return 130 if stats.stopped == "interrupted" else 0
 

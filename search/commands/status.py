@@ -25,7 +25,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import optuna
-    from optuna.trial import TrialState
 
     from search.progress import format_summary, summarize
     from search.results import format_table, result_rows
@@ -42,26 +41,32 @@ def run(args: argparse.Namespace) -> int:
     except KeyError:
         print(f"mergesearch status: no study {info.study_name!r} in {info.storage}", file=sys.stderr)
         return 2
+    from search import trial_record as record
+
     config = study.user_attrs.get("config", {})
-    budget = config.get("budget", {})
-    trials = study.get_trials(deepcopy=False)
-    s = summarize(trials, budget_trials=budget.get("trials"), budget_hours=budget.get("hours"))
+    budget = config.get("budget", {}) if isinstance(config, dict) else {}
+    records = record.read_all(study)
+    s = summarize(records, budget_trials=budget.get("trials"), budget_hours=budget.get("hours"))
+    gaps = record.gaps(records)
     if args.json:
-        print(json.dumps({"study": info.study_name, **s.__dict__, "finished": s.finished}, indent=2))
+        print(json.dumps({"study": info.study_name, **s.__dict__, "finished": s.finished, "missing": gaps}, indent=2))
         return 0
     print(f"study {info.study_name} ({study.user_attrs.get('family', '?')}, sampler "
-          f"{study.user_attrs.get('sampler', '?')}, {len(trials)} trials)")
+          f"{study.user_attrs.get('sampler', '?')}, {len(records)} trials)")
     print(format_summary(s))
     if s.pruned:
         print(f"pruning saved about {s.saved_seconds:.0f} s of rendering")
-    top = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    top = sorted(record.completed(records), key=lambda r: r.objective, reverse=True)
     if top:
-        print(f"\ntop {min(args.top, len(top))}:")
-        for t in top[: args.top]:
-            h = t.user_attrs.get("holdout")
-            label = t.user_attrs.get("baseline", "")
-            print(f"  trial {t.number:>5}  {t.value:.4f}" + (f"  holdout {h:.4f}" if h is not None else "")
-                  + (f"  [{label}]" if label else ""))
+        penalised = any(r.penalised for r in top)
+        print(f"\ntop {min(args.top, len(top))} by {record.OBJECTIVE if penalised else record.RECALL}:")
+        for r in top[: args.top]:
+            line = f"  trial {r.number:>5}  "
+            if penalised:
+                line += f"{record.OBJECTIVE} {r.objective:.4f}  "
+            line += f"{record.RECALL} {r.search:.4f}" if r.search is not None else f"{record.RECALL} -"
+            line += f"  holdout {r.holdout:.4f}" if r.holdout is not None else ""
+            print(line + (f"  [{r.baseline}]" if r.baseline else ""))
     print()
-    print(format_table(result_rows(trials)))
+    print(format_table(result_rows(records), gaps))
     return 0

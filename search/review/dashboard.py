@@ -10,7 +10,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 import pandas as pd
-from optuna.trial import FrozenTrial
 
 # The note helpers that take storage ids: a finished trial has no live optuna.Trial to pass to save_note.
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
@@ -18,7 +17,8 @@ from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_ve
 from search.review import figures
 from search.review.report import category_comparison
 from search.review.run import ReviewError, RunFolder
-from search.review.trials import METRIC, baselines, block_weights, completed, pick_trial, trial_recipe
+from search.review.trials import METRIC, OBJECTIVE, baselines, block_weights, completed, pick_trial, trial_recipe
+from search.trial_record import TrialRecord
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Notes end with this line while they are ours to refresh; a user who edits a note removes it.
@@ -31,42 +31,43 @@ def _fmt(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{float(value):.3f}"
 
 
-def _raw(trial: FrozenTrial) -> float | None:
-    """Tag recall before the negative-weight penalty (the objective value when no penalty is set)."""
-    return trial.user_attrs.get("tag_recall_raw", trial.value)
-
-
-def trial_note(trial: FrozenTrial, parents: dict[str, FrozenTrial]) -> str:
+def trial_note(trial: TrialRecord, parents: dict[str, TrialRecord]) -> str:
     """Markdown: the trial's per-category scores on both splits beside each baseline's search score."""
-    attrs = trial.user_attrs
-    search = attrs.get("categories") or {}
-    holdout = attrs.get("holdout_categories") or {}
-    header = f"## Trial {trial.number}: {METRIC} {_fmt(trial.value)}"
-    if attrs.get("holdout") is not None:
-        header += f", held-out {_fmt(attrs['holdout'])}"
+    search, holdout = trial.search_categories, trial.holdout_categories
+    header = f"## Trial {trial.number}: {METRIC} {_fmt(trial.search)}"
+    if trial.penalised:
+        header += f", {OBJECTIVE} {_fmt(trial.objective)}"
+    if trial.holdout is not None:
+        header += f", held-out {_fmt(trial.holdout)}"
+    if trial.confirm is not None:
+        header += f", confirm {_fmt(trial.confirm)}"
     lines = [header, ""]
-    if attrs.get("baseline"):
-        lines += [f"Baseline: **{attrs['baseline']}**", ""]
+    if trial.baseline:
+        lines += [f"Baseline: **{trial.baseline}**", ""]
     others = [(label, t) for label, t in sorted(parents.items()) if t.number != trial.number]
     cats = sorted(set(search) | set(holdout))
     if cats:
         lines.append("| category | search | held-out | " + " | ".join(label for label, _ in others) + " |")
         lines.append("|---|---:|---:|" + "---:|" * len(others))
         for cat in cats:
-            theirs = [_fmt((t.user_attrs.get("categories") or {}).get(cat)) for _, t in others]
+            theirs = [_fmt(t.search_categories.get(cat)) for _, t in others]
             lines.append(f"| {cat} | {_fmt(search.get(cat))} | {_fmt(holdout.get(cat))} | " + " | ".join(theirs) + " |")
-        lines.append(f"| **overall** | {_fmt(_raw(trial))} | {_fmt(attrs.get('holdout'))} | "
-                     + " | ".join(_fmt(_raw(t)) for _, t in others) + " |")
+        lines.append(f"| **overall** | {_fmt(trial.search)} | {_fmt(trial.holdout)} | "
+                     + " | ".join(_fmt(t.search) for _, t in others) + " |")
         if others:
             lines += ["", "Baseline columns are their search-split scores."]
     else:
         lines.append("No per-category scores recorded.")
-    if attrs.get("tag_recall_raw") is not None:
-        lines += ["", f"Objective {_fmt(trial.value)} = recall {_fmt(attrs['tag_recall_raw'])} less the "
-                  f"negative-weight penalty (negative mass {_fmt(attrs.get('negative_mass'))})."]
-    if attrs.get("render_seconds") is not None:
-        lines += ["", f"Rendered in {float(attrs['render_seconds']):.1f} s"
-                  + (f" on {attrs['worker']}" if attrs.get("worker") else "") + "."]
+    if trial.holdout is None and trial.holdout_error:
+        lines += ["", f"No held-out score: {trial.holdout_error}."]
+    if trial.penalised:
+        lines += ["", f"{OBJECTIVE.capitalize()} {_fmt(trial.objective)} = {METRIC} {_fmt(trial.search)} less the "
+                  f"negative-weight penalty (negative mass {_fmt(trial.negative_mass)})."]
+    if trial.render_seconds is not None:
+        lines += ["", f"Rendered in {trial.render_seconds:.1f} s"
+                  + (f" on {trial.worker}" if trial.worker else "") + "."]
+    if trial.missing:
+        lines += ["", "Missing from this trial's record: " + ", ".join(trial.missing) + "."]
     return "\n".join(lines + ["", NOTE_MARK])
 
 
@@ -99,13 +100,13 @@ def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int 
     Figures are rewritten under fixed ids when the best trial changes.
     """
     if study.metric_names is None:
-        study.set_metric_names([METRIC])
+        study.set_metric_names([METRIC])  # studies made before metric names were set (never penalised)
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
     _save_if_ours(study, system_attrs, None, study_note(study))
     done = completed(study)
     parents = baselines(study)
     for trial in done:
-        _save_if_ours(study, system_attrs, trial._trial_id, trial_note(trial, parents))
+        _save_if_ours(study, system_attrs, trial.trial_id, trial_note(trial, parents))
     if not done:
         return None
     best = pick_trial(study, "best")

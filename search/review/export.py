@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from search.trial_record import TrialRecord
 from pydantic import BaseModel, ConfigDict
 
 from merge_core import file_sha256, merge_to_file, repair_to_file
@@ -25,9 +25,10 @@ class ExportResult(BaseModel):
     path: Path
     study_name: str
     trial: int
-    score: float
+    score: float | None  # raw tag recall on the search split
     dtype: str
     repaired_with: Path | None = None
+    objective: float | None = None  # what the search maximised (differs from `score` under a penalty)
 
 
 def check_sources(recipe, relocate: dict[str, Path] | None = None):
@@ -141,6 +142,7 @@ def restamp(src: Path, out: Path, metadata: dict[str, str], *, overwrite: bool =
     return out
 
 
-def _result(out: Path, study: optuna.Study, trial: FrozenTrial, dtype: str, repaired: Path | None = None):
-    return ExportResult(path=out, study_name=study.study_name, trial=trial.number, score=float(trial.value),
+def _result(out: Path, study: optuna.Study, trial: TrialRecord, dtype: str, repaired: Path | None = None):
+    return ExportResult(path=out, study_name=study.study_name, trial=trial.number, score=trial.search,
+                        objective=trial.objective,
                         dtype=dtype, repaired_with=repaired)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from search.trial_record import OBJECTIVE, RECALL, TrialRecord
 
 PROVENANCE_KEY = "mergesearch.provenance"
 
@@ -30,21 +30,30 @@ def benchmark_hash(config: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def provenance(study_name: str, study_attrs: dict[str, Any], trial: FrozenTrial, recipe_json: str) -> dict[str, Any]:
-    """The full record: study, trial, scores on both splits, benchmark identity, sampler, recipe."""
-    attrs = trial.user_attrs
+def provenance(study_name: str, study_attrs: dict[str, Any], trial: TrialRecord, recipe_json: str) -> dict[str, Any]:
+    """The full record: study, trial, scores on every split, benchmark identity, sampler, recipe.
+
+    `scores.objective` is what the search maximised; `scores.search` the raw tag recall on the search
+    split (equal without a negative-weight penalty); `holdout`/`confirm` raw tag recall on those."""
     config = _json_attr(study_attrs.get("config"))
     return {
         "tool": "mergesearch",
         "study": study_name,
         "trial": trial.number,
         "scores": {
-            "metric": "tag_recall",
-            "search": trial.value,
-            "search_categories": attrs.get("categories"),
-            "holdout": attrs.get("holdout"),
-            "holdout_categories": attrs.get("holdout_categories"),
-            "baseline": attrs.get("baseline"),
+            "metric": RECALL,
+            OBJECTIVE: trial.objective,
+            "negative_mass": trial.negative_mass,
+            "search": trial.search,
+            "search_se": trial.search_se,
+            "search_categories": trial.search_categories or None,
+            "holdout": trial.holdout,
+            "holdout_se": trial.holdout_se,
+            "holdout_categories": trial.holdout_categories or None,
+            "confirm": trial.confirm,
+            "confirm_se": trial.confirm_se,
+            "confirm_categories": trial.confirm_categories or None,
+            "baseline": trial.baseline,
         },
         "benchmark": {
             "benchmark_hash": benchmark_hash(config if isinstance(config, dict) else None),
@@ -66,19 +75,36 @@ def provenance_metadata(record: dict[str, Any]) -> dict[str, str]:
         PROVENANCE_KEY: json.dumps(record, sort_keys=True, separators=(",", ":")),
         "mergesearch.study": str(record["study"]),
         "mergesearch.trial": str(record["trial"]),
-        "mergesearch.tag_recall": f"{scores['search']:.6f}",
         "mergesearch.prompt_set_hash": str(record["benchmark"]["prompt_set_hash"]),
         "mergesearch.tagger": str(record["benchmark"]["tagger"]),
         "mergesearch.sampler": str(record["sampler"]),
     }
+    if scores.get("search") is not None:
+        flat["mergesearch.tag_recall"] = f"{scores['search']:.6f}"  # raw recall, search split
+    if scores.get(OBJECTIVE) is not None:
+        flat["mergesearch.objective"] = f"{scores[OBJECTIVE]:.6f}"  # what the search maximised
     if scores.get("holdout") is not None:
         flat["mergesearch.holdout_tag_recall"] = f"{scores['holdout']:.6f}"
+    if scores.get("confirm") is not None:
+        flat["mergesearch.confirm_tag_recall"] = f"{scores['confirm']:.6f}"
     if record["benchmark"].get("benchmark_hash"):
         flat["mergesearch.benchmark_hash"] = record["benchmark"]["benchmark_hash"]
     # modelspec keys are what A1111/Forge/ComfyUI model browsers show as title and description
     flat["modelspec.title"] = f"{record['study']} trial {record['trial']}"
-    flat["modelspec.description"] = (
-        f"mergesearch merge: tag_recall {scores['search']:.4f} on the search split"
-        + (f", {scores['holdout']:.4f} held out" if scores.get("holdout") is not None else "")
-    )
+    flat["modelspec.description"] = "mergesearch merge: " + describe_scores(scores)
     return flat
+
+
+def describe_scores(scores: dict[str, Any]) -> str:
+    """One line naming each quantity once: raw tag recall per split, the objective only when it differs."""
+    parts = []
+    if scores.get("search") is not None:
+        parts.append(f"{RECALL} {scores['search']:.4f} on the search split")
+    objective, search = scores.get(OBJECTIVE), scores.get("search")
+    if objective is not None and (search is None or abs(objective - search) > 1e-12):
+        parts.append(f"{OBJECTIVE} {objective:.4f} (after the negative-weight penalty)")
+    if scores.get("holdout") is not None:
+        parts.append(f"{scores['holdout']:.4f} held out")
+    if scores.get("confirm") is not None:
+        parts.append(f"{scores['confirm']:.4f} on the confirm split")
+    return ", ".join(parts) or "no score stored"

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial
+from search.trial_record import TrialRecord
 from pydantic import BaseModel, ConfigDict
 
+from search import trial_record as record
 from search.review import plots
 from search.review.run import ReviewError, RunFolder
 from search.review.trials import (
     METRIC,
+    OBJECTIVE,
     baselines,
     block_weights,
     category_frame,
@@ -34,14 +36,14 @@ class ReportFiles(BaseModel):
 
 
 def references(study: optuna.Study) -> dict[str, float]:
-    """Each baseline's search-split score, by label ("parent:<name>", "uniform")."""
-    return {label: float(t.value) for label, t in baselines(study).items()}
+    """Each baseline's objective on the search split, by label ("parent:<name>", "uniform")."""
+    return {label: float(t.objective) for label, t in baselines(study).items()}
 
 
-def compared_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+def compared_trials(study: optuna.Study) -> dict[str, TrialRecord]:
     """The best trial followed by the baselines, labelled for legends and tables."""
     best = pick_trial(study, "best")
-    tag = f", {best.user_attrs['baseline']}" if best.user_attrs.get("baseline") else ""
+    tag = f", {best.baseline}" if best.baseline else ""
     out = {f"best (#{best.number}{tag})": best}
     for label, trial in sorted(baselines(study).items()):
         if trial.number != best.number:  # a baseline can be the best; show it once
@@ -71,12 +73,13 @@ def summary(study: optuna.Study) -> str:
     if not completed(study):
         return "\n".join(lines + ["no completed trial yet"])
     rows = []
-    penalised = any("tag_recall_raw" in t.user_attrs for t in completed(study))
+    penalised = any(t.penalised for t in completed(study))
     for label, trial in compared_trials(study).items():
-        row = {"trial": label, METRIC: trial.user_attrs.get("tag_recall_raw", trial.value)}
+        row = {"trial": label}
         if penalised:  # the study maximised recall less a penalty on negative weights
-            row["objective"] = trial.value
-        row["holdout"] = trial.user_attrs.get("holdout")
+            row[OBJECTIVE] = trial.objective
+        row[METRIC] = trial.search
+        row["holdout"] = trial.holdout
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("trial")
     parents = frame[frame.index.str.startswith("parent:")]
@@ -87,6 +90,9 @@ def summary(study: optuna.Study) -> str:
                 frame[name] = (frame[column] - best_parent).map(
                     lambda v: "-" if pd.isna(v) else f"{v:+.4f}")
     lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    if penalised:
+        lines.append(f"({OBJECTIVE} = {METRIC} less the negative-weight penalty; the best is chosen by {OBJECTIVE})")
+    lines.extend(record.gaps(record.read_all(study)))
     return "\n".join(lines)
 
 
@@ -107,15 +113,17 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
     _atomic_table(table, csv, parquet)
 
     best = pick_trial(study, "best")
-    penalised = "tag_recall_raw" in table and (table["tag_recall_raw"] != table[METRIC]).any()
+    penalised = any(t.penalised for t in completed(study))
     history = plots.history_plot(
-        table, references(study), out / "history.png", metric=METRIC,
-        ylabel=f"objective: {METRIC} − penalty × negative weight" if penalised else METRIC,
+        table, references(study), out / "history.png", metric=OBJECTIVE,
+        ylabel=f"{OBJECTIVE}: {METRIC} − penalty × negative weight" if penalised else METRIC,
     )
+    score = (f"{OBJECTIVE} {best.objective:.3f}, {METRIC} {best.search:.3f}" if penalised and best.search is not None
+             else f"{METRIC} {best.objective:.3f}")
     weights = plots.weights_plot(
         block_weights(trial_recipe(best)),
         out / "best_weights.png",
-        title=f"Best recipe (trial {best.number}, {METRIC} {best.value:.3f}): coefficient per model and block",
+        title=f"Best recipe (trial {best.number}, {score}): coefficient per model and block",
     )
     categories = plots.category_plot(
         category_comparison(study), out / "categories.png", title=f"Per-category {METRIC}: best vs parents"

@@ -1,80 +1,79 @@
-"""Trials of a study as data: pick one, read its recipe, and tabulate them all with pandas."""
+"""Trials of a study as data: pick one, read its recipe, and tabulate them all with pandas.
+
+Everything is read through `search.trial_record` (one reader for every command)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
 
+from search import trial_record as record
 from search.review.run import ReviewError
+from search.trial_record import OBJECTIVE, RECALL, TrialRecord
 
-METRIC = "tag_recall"
-
-
-def completed(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+METRIC = RECALL  # the raw tag recall; OBJECTIVE is what the sampler maximised
 
 
-def baselines(study: optuna.Study) -> dict[str, FrozenTrial]:
+def records(study: optuna.Study) -> list[TrialRecord]:
+    return record.read_all(study)
+
+
+def completed(study: optuna.Study) -> list[TrialRecord]:
+    return record.completed(records(study))
+
+
+def baselines(study: optuna.Study) -> dict[str, TrialRecord]:
     """Completed baseline trials by label ("parent:<name>", "uniform"); a retried baseline's latest
     completion wins, as in the search's closing table."""
-    found: dict[str, FrozenTrial] = {}
-    for trial in completed(study):
-        label = trial.user_attrs.get("baseline")
-        if label:
-            found[label] = trial
-    return found
+    return record.baselines(records(study))
 
 
 def parent_name(label: str) -> str:
     return label.split(":", 1)[1] if label.startswith("parent:") else label
 
 
-def pick_trial(study: optuna.Study, which: str | int = "best") -> FrozenTrial:
-    """The best completed trial, or trial number N, which must exist and be COMPLETE."""
-    done = completed(study)
+def pick_trial(study: optuna.Study, which: str | int = "best") -> TrialRecord:
+    """The best completed trial (by objective), or trial number N, which must exist and be COMPLETE."""
+    all_records = records(study)
     if which == "best":
-        if not done:
+        best = record.best(all_records)
+        if best is None:
             raise ReviewError(
                 f"study {study.study_name!r} has no completed trial yet; wait for the search "
                 "to finish a trial, or pick one with --trial N"
             )
-        return max(done, key=lambda t: t.value)
+        return best
     try:
         number = int(which)
     except (TypeError, ValueError):
         raise ReviewError(f"--trial {which!r}: expected 'best' or a trial number") from None
-    trials = study.get_trials(deepcopy=False)
-    match = [t for t in trials if t.number == number]
+    match = [r for r in all_records if r.number == number]
     if not match:
         raise ReviewError(
-            f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1}); "
+            f"study {study.study_name!r} has no trial {number} (trials 0..{len(all_records) - 1}); "
             "see `mergesearch report` for the list"
         )
     trial = match[0]
-    if trial.state != TrialState.COMPLETE:
+    if not trial.complete:
         raise ReviewError(
-            f"trial {number} of study {study.study_name!r} is {trial.state.name}, not COMPLETE; "
+            f"trial {number} of study {study.study_name!r} is {trial.state}, not COMPLETE; "
             "pick a completed trial (--trial best picks the best one)"
         )
     return trial
 
 
-def trial_recipe(trial: FrozenTrial):
-    """The trial's merge_core.Recipe from its `recipe` user attr."""
+def trial_recipe(trial: TrialRecord):
+    """The trial's merge_core.Recipe from its stored recipe JSON."""
     from merge_core import Recipe
 
-    raw = trial.user_attrs.get("recipe")
-    if raw is None:
+    if trial.recipe is None:
         raise ReviewError(
             f"trial {trial.number} has no 'recipe' user attr; it was not written by `mergesearch search`"
         )
-    text = raw if isinstance(raw, str) else json.dumps(raw)
     try:
-        return Recipe.model_validate_json(text)
+        return Recipe.model_validate_json(trial.recipe)
     except ValueError as exc:
         raise ReviewError(f"trial {trial.number}: user attr 'recipe' is not a valid Recipe ({exc})") from exc
 
@@ -91,34 +90,38 @@ def block_weights(recipe) -> pd.DataFrame:
     return pd.DataFrame(data, index=source_labels(recipe), columns=ids)
 
 
-def _duration(trial: FrozenTrial) -> float | None:
+def _duration(trial: TrialRecord) -> float | None:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return None
 
 
-def trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
+def trial_row(trial: TrialRecord) -> dict[str, Any]:
     row: dict[str, Any] = {
         "number": trial.number,
-        "state": trial.state.name,
-        METRIC: trial.value if trial.state == TrialState.COMPLETE else None,
-        "tag_recall_raw": attrs.get("tag_recall_raw", trial.value if trial.state == TrialState.COMPLETE else None),
-        "negative_mass": attrs.get("negative_mass"),
-        "holdout": attrs.get("holdout"),
-        "baseline": attrs.get("baseline"),
-        "fail_reason": attrs.get("fail_reason"),
+        "state": trial.state,
+        OBJECTIVE: trial.objective,
+        RECALL: trial.search,
+        "search_se": trial.search_se,
+        "negative_mass": trial.negative_mass,
+        "holdout": trial.holdout,
+        "holdout_se": trial.holdout_se,
+        "confirm": trial.confirm,
+        "confirm_se": trial.confirm_se,
+        "baseline": trial.baseline,
+        "fail_reason": trial.fail_reason,
         "duration_s": _duration(trial),
-        "render_seconds": attrs.get("render_seconds"),
-        "retry_of": attrs.get("retry_of"),
-        "worker": attrs.get("worker"),
+        "render_seconds": trial.render_seconds,
+        "retry_of": trial.retry_of,
+        "worker": trial.worker,
+        "missing": ", ".join(trial.missing) or None,
         "datetime_start": trial.datetime_start,
         "datetime_complete": trial.datetime_complete,
     }
     row.update({f"param:{k}": v for k, v in trial.params.items()})
-    row.update({f"search:{k}": v for k, v in (attrs.get("categories") or {}).items()})
-    row.update({f"holdout:{k}": v for k, v in (attrs.get("holdout_categories") or {}).items()})
-    if attrs.get("recipe") is not None:
+    for split in record.SPLITS:
+        row.update({f"{split}:{k}": v for k, v in trial.categories(split).items()})
+    if trial.recipe is not None:
         try:
             weights = block_weights(trial_recipe(trial))
         except ReviewError:
@@ -130,8 +133,9 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def trial_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, scores, duration, params, per-category scores, derived block weights."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    """One row per trial: state, objective and raw recall, holdout/confirm, duration, params,
+    per-category scores, derived block weights."""
+    rows = [trial_row(t) for t in records(study)]
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -140,6 +144,5 @@ def trial_table(study: optuna.Study) -> pd.DataFrame:
     return table.set_index("number").sort_index()
 
 
-def category_frame(trial: FrozenTrial, split: str) -> pd.Series:
-    key = "categories" if split == "search" else "holdout_categories"
-    return pd.Series(trial.user_attrs.get(key) or {}, dtype=float)
+def category_frame(trial: TrialRecord, split: str) -> pd.Series:
+    return pd.Series(trial.categories(split), dtype=float)

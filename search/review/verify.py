@@ -105,8 +105,10 @@ def verify_export(run: RunFolder, result: ExportResult, *, progress: bool = True
     batches = tqdm(bench.evaluate_batches(renderer), total=n_batches, desc="verify: rendering", unit="batch",
                    disable=not progress, leave=False)
     score = [partial for partial, _images in batches][-1]  # the last batch's score covers the whole split
-    # A penalised study stores the raw recall beside the penalised objective value.
-    reference = float(trial.user_attrs.get("tag_recall_raw", trial.value))
+    # the export is checked against the raw recall, never the penalised objective
+    if trial.search is None:
+        raise ReviewError(f"trial {trial.number} has no stored search-split tag recall to verify against")
+    reference = float(trial.search)
     n_tags = sum(len(p.tags) for p in score.prompts)
     return VerifyResult(trial=trial.number, dtype=result.dtype, trial_score=reference,
                         export_score=float(score.overall), n_tags=n_tags, tolerance=tolerance(result.dtype, n_tags),

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from optuna.trial import FrozenTrial, TrialState
+from search import trial_record as record
+from search.trial_record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,26 +35,26 @@ class HoldoutScores:
         self._evaluate = evaluate
         self._cache: dict[int, float] = {}
 
-    def __call__(self, trial: FrozenTrial) -> float:
-        if "holdout" in trial.user_attrs:
-            return float(trial.user_attrs["holdout"])
+    def __call__(self, trial: TrialRecord) -> float:
+        if trial.holdout is not None:
+            return float(trial.holdout)
         if trial.number not in self._cache:
-            self._cache[trial.number] = self._evaluate(trial.user_attrs["recipe"])
+            self._cache[trial.number] = self._evaluate(trial.recipe)
         return self._cache[trial.number]
 
 
-def ranked_by_search(trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
-    done = [t for t in trials if t.number < k and t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: t.value, reverse=True)
+def ranked_by_search(trials: list[TrialRecord], k: int) -> list[TrialRecord]:
+    done = [t for t in record.completed(trials) if t.number < k]
+    return sorted(done, key=lambda t: t.objective, reverse=True)
 
 
-def checkpoint_row(trials: list[FrozenTrial], k: int, top: int, holdout: HoldoutScores) -> dict | None:
+def checkpoint_row(trials: list[TrialRecord], k: int, top: int, holdout: HoldoutScores) -> dict | None:
     ranked = ranked_by_search(trials, k)
     if not ranked:
         return None
     best = ranked[0]
     top_holdout = [holdout(t) for t in ranked[:top]]
-    return {"search": best.value, "holdout": holdout(best), "trial": best.number,
+    return {"search": best.objective, "holdout": holdout(best), "trial": best.number,
             f"top{top}_holdout": statistics.mean(top_holdout)}
 
 
@@ -96,10 +97,10 @@ def main() -> None:
             prepared = prepare(load_config(args.config, overrides=overrides))
             row = {"sampler": sampler, "seed": seed, "at": {}}
             if args.analyse:
-                trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+                trials = record.read_all(optuna.load_study(study_name=name, storage=storage))
             else:
                 t0 = time.time()
-                trials = run_search(prepared).study.get_trials()
+                trials = record.read_all(run_search(prepared).study)
                 row["wall_seconds"] = round(time.time() - t0)
 
             def evaluate(recipe: str, prepared=prepared) -> float:
@@ -113,7 +114,7 @@ def main() -> None:
                 got = checkpoint_row(trials, k, args.top, holdout)
                 if got:
                     row["at"][k] = got
-            baselines = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
+            baselines = record.baselines(trials).values()
             row["best_baseline_holdout"] = max(holdout(t) for t in baselines)
             results.append(row)
             print(json.dumps(row), flush=True)

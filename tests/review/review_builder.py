@@ -1,23 +1,19 @@
-"""Build a run folder with a real Optuna study in SQLite, shaped exactly as `mergesearch search` leaves it
-(docs/ARCHITECTURE.md): run.json, study and trial user attrs, baselines, a failed trial, contact sheets
-as artifacts. Scores come from the caller: stand-ins for the review code, or real benchmark scores."""
+"""Build a run folder with `mergesearch search`'s own machinery (study set-up, loop, trial-record writer,
+run.json, contact sheets as artifacts), scoring with the caller's function instead of rendering:
+stand-ins for the review code, or real benchmark scores."""
 
 from __future__ import annotations
 
-import json
-import warnings
+import io
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
-import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import TrialState
 from PIL import Image
 
 from merge_core import Recipe, Source
 
-STUDY = "toy-review"
 Scores = dict[str, object]  # {"value", "categories", "holdout", "holdout_categories"}
 
 
@@ -43,6 +39,60 @@ def affine_recipe(sources: list[Source], weights: np.ndarray, family: str = "sd1
                   weights={wid: tuple(float(x) for x in weights[i]) for i, wid in enumerate(ids)}, dtype=dtype)
 
 
+class StandinPool:
+    """The search's worker interface (search.workers.WorkerPool) in this process, scoring each recipe
+    with the caller's `score`; trial number `fail_number` 'renders NaN' (a failed trial)."""
+
+    size = 1
+
+    def __init__(self, score: Callable[[Recipe], Scores], root: Path, fail_number: int) -> None:
+        self.score, self.root, self.fail_number = score, root, fail_number
+        self._pending = []
+
+    def idle(self) -> int:
+        return 0 if self._pending else 1
+
+    def submit(self, task) -> None:
+        self._pending.append(task)
+
+    def in_flight(self):
+        return list(self._pending)
+
+    def close(self) -> None:
+        self._pending.clear()
+
+    def poll(self, timeout: float):
+        from search.tasks import EvalResult
+
+        if not self._pending:
+            return []
+        task = self._pending.pop(0)
+        head = dict(task_id=task.task_id, trial_number=task.trial_number, split=task.split, worker="local-0",
+                    render_seconds=0.5 + 0.1 * task.trial_number)
+        if task.trial_number == self.fail_number:
+            return [EvalResult(**head, status="failed", error="NaN in the decoded images")]
+        result = self.score(Recipe.model_validate_json(task.recipe))
+        if task.split == "search":
+            value, cats, sheet = result["value"], result["categories"], _webp_sheet(self.root, task.trial_number)
+        else:
+            value, cats, sheet = result["holdout"], result["holdout_categories"], None
+        prompts = tuple(float(v) for v in cats.values())  # stand-in per-prompt scores (one per category)
+        from search.trial_record import standard_error
+
+        return [EvalResult(**head, status="ok", value=float(value), categories=dict(cats), sheet=sheet,
+                           se=standard_error(prompts), prompt_scores=prompts, intermediate=(float(value),))]
+
+
+def _webp_sheet(root: Path, seed: int) -> bytes:
+    png = contact_sheet_png(root / f".sheet-{seed}.png", seed=seed)
+    try:
+        buf = io.BytesIO()
+        Image.open(png).save(buf, format="WEBP", quality=70)
+        return buf.getvalue()
+    finally:
+        png.unlink()
+
+
 def build_run(
     root: Path,
     sources: list[Source],
@@ -52,63 +102,36 @@ def build_run(
     seed: int = 0,
     config: dict | None = None,
 ) -> Path:
-    """runs/<name>/ with baselines (each parent, uniform), n_sampled random trials and one failed trial."""
+    """runs/<name>/ made by the search itself (search.runner.run_search: the real study set-up, loop and
+    trial-record writer) over `sources`, with the stand-in scores: baselines (each parent, uniform),
+    n_sampled random trials and one failed trial. Only the evaluator is a stand-in."""
+    from search.config import parse_config
+    from search.runner import Prepared, run_search
+    from search.space import SearchSpace
+    from search.storage import make_storage
+    from search.workers import EvaluatorSpec
+
+    root = Path(root)
+    names = [s.name for s in sources]
+    cfg = {
+        "name": root.name, "runs_dir": str(root.parent),
+        "models": [{"name": s.name, "path": s.path} for s in sources],
+        "space": {"default_bounds": [-0.3, 1.2]},
+        "objective": {"vocabulary": "toyworld", "n": 8, "m": 3, "seed": 0, "tagger": "toyworld"},
+        "sampler": "random", "seed": seed, "budget": {"trials": len(sources) + 1 + n_sampled + 1},
+        "pruner": {"enabled": False}, "storage": f"sqlite:///{root / 'study.db'}",
+        **(config or {}),
+    }
+    config_obj = parse_config(cfg)
     from merge_core import layout_for
 
-    root.mkdir(parents=True, exist_ok=True)
-    artifacts = root / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    storage = f"sqlite:///{root / 'study.db'}"
-    (root / "run.json").write_text(json.dumps({
-        "study_name": STUDY, "storage": storage, "artifact_dir": "artifacts", "config_path": "config.yaml",
-    }))
-    study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["tag_recall"])
-    config = config or {"name": STUDY, "objective": {"vocabulary": "toyworld", "n": 8, "m": 3, "seed": 0,
-                                                     "tagger": "toyworld"}}
-    attrs = {
-        "config": json.dumps(config), "config_hash": "0123456789abcdef", "family": "sd1",
-        "sources": [{"name": s.name, "path": s.path, "sha256": s.sha256} for s in sources],
-        "prompt_set_hash": "feedfacecafe0001", "tagger": "toyworld", "sampler": "qmc+gp",
-    }
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-
-    n_ids, k = len(layout_for("sd1").weight_ids), len(sources) - 1
-    plans: list[tuple[str | None, np.ndarray]] = [(f"parent:{sources[0].name}", np.zeros((n_ids, k)))]
-    for j, src in enumerate(sources[1:]):
-        w = np.zeros((n_ids, k))
-        w[:, j] = 1.0
-        plans.append((f"parent:{src.name}", w))
-    plans.append(("uniform", np.full((n_ids, k), 1.0 / len(sources))))
-    rng = np.random.default_rng(seed)
-    plans += [(None, rng.uniform(-0.2, 0.8, size=(n_ids, k)) / k) for _ in range(n_sampled)]
-
-    store = FileSystemArtifactStore(str(artifacts))
-    for i, (label, w) in enumerate(plans):
-        trial = study.ask()
-        for g in range(n_ids):
-            for j in range(k):
-                trial.suggest_float(f"w{j + 1}_{g:02d}", -0.3, 1.2)  # shape of the search's params
-        recipe = affine_recipe(sources, w)
-        result = score(recipe)
-        trial.set_user_attr("recipe", recipe.model_dump_json())
-        trial.set_user_attr("categories", result["categories"])
-        trial.set_user_attr("holdout", result["holdout"])
-        trial.set_user_attr("holdout_categories", result["holdout_categories"])
-        trial.set_user_attr("render_seconds", 0.5 + 0.1 * i)
-        trial.set_user_attr("worker", "local-0")
-        if label:
-            trial.set_user_attr("baseline", label)
-        sheet = contact_sheet_png(root / f"sheet-{i}.png", seed=i)
-        upload_artifact(artifact_store=store, file_path=str(sheet), study_or_trial=trial, mimetype="image/png")
-        sheet.unlink()
-        study.tell(trial, float(result["value"]))
-    failed = study.ask()
-    failed.set_user_attr("error", "NaN in the decoded images")
-    study.tell(failed, state=TrialState.FAIL)
+    layout = layout_for("sd1")
+    space = SearchSpace.build(config_obj.space, tuple(names), tuple(layout.blocks), tuple(layout.components))
+    prepared = Prepared(config=config_obj, config_text="", family="sd1", sources=tuple(sources), space=space,
+                        prompt_set=SimpleNamespace(hash="feedfacecafe0001"),
+                        storage=make_storage(config_obj.storage_url), evaluator=EvaluatorSpec())
+    pool = StandinPool(score, root, fail_number=len(sources) + 1 + n_sampled)
+    run_search(prepared, pool=pool)
     return root
 
 

@@ -10,7 +10,10 @@ from optuna_dashboard import save_note
 from optuna_dashboard._note import get_note_from_system_attrs
 
 from search.cli import build_parser
-from search.review import load_run, pick_trial
+from review_builder import standin_score
+
+from search import trial_record as record
+from search.review import load_run, pick_trial, trial_recipe
 from search.review.dashboard import CATEGORIES_FIGURE_ID, WEIGHTS_FIGURE_ID, DashboardServer, annotate_study
 
 
@@ -25,9 +28,10 @@ def test_annotate_writes_notes_figures_and_metric_name(run_copy):
     assert study.metric_names == ["tag_recall"]
     attrs = _system(study)
     best = pick_trial(study, "best")
-    note = get_note_from_system_attrs(attrs, best._trial_id)["body"]
-    assert f"## Trial {best.number}: tag_recall {best.value:.3f}" in note
-    for cat, value in best.user_attrs["categories"].items():
+    note = get_note_from_system_attrs(attrs, best.trial_id)["body"]
+    expected = standin_score(trial_recipe(best))  # recomputed from the recipe, not read back
+    assert f"## Trial {best.number}: tag_recall {expected['value']:.3f}" in note
+    for cat, value in expected["categories"].items():
         assert f"| {cat} | {value:.3f} |" in note
     assert "parent:a" in note and "parent:b" in note
     assert "sources" not in note and "toyworld" in get_note_from_system_attrs(attrs, None)["body"]
@@ -43,8 +47,8 @@ def test_annotate_refreshes_its_own_notes(run_copy):
     trial = study.trials[5]
     # a baseline scored after the note was written (a retried uniform merge, with other scores)
     late = study.ask()
-    late.set_user_attr("baseline", "uniform")
-    late.set_user_attr("categories", dict.fromkeys(trial.user_attrs["categories"], 0.123))
+    record.write(late, baseline="uniform", search=0.123,
+                 search_categories=dict.fromkeys(trial.user_attrs["categories"], 0.123))
     study.tell(late, 0.123)
     annotate_study(study)
     note = get_note_from_system_attrs(_system(study), trial._trial_id)
@@ -75,12 +79,13 @@ def test_server_serves_the_api_and_artifacts(standin_run):
         meta = json.load(urllib.request.urlopen(f"{base}/api/meta", timeout=30))
         assert meta["artifact_is_available"] is True
         study = run.open_study()
-        best = pick_trial(study, "best")
+        best = study.trials[pick_trial(study, "best").number]
         (artifact,) = get_all_artifact_meta(best, storage=study._storage)
         url = f"{base}/artifacts/{study._study_id}/{best._trial_id}/{artifact.artifact_id}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            assert response.headers["Content-Type"] == "image/png"
-            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        with urllib.request.urlopen(url, timeout=30) as response:  # the loop uploads WebP contact sheets
+            assert response.headers["Content-Type"] == "image/webp"
+            head = response.read(12)
+            assert head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 def test_dashboard_binds_localhost_by_default_and_warns_elsewhere(standin_run, capsys, monkeypatch):

@@ -26,6 +26,7 @@ def scored_run(toy_world, tmp_path_factory) -> Path:
     """A run whose trials were scored by search.evaluator.BenchmarkEvaluator, as the search's workers do."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
+    from search import trial_record as record
     from search.config import parse_config
     from search.evaluator import BenchmarkEvaluator
     from search.runner import build_prompt_set, default_evaluator
@@ -76,11 +77,9 @@ def scored_run(toy_world, tmp_path_factory) -> Path:
         recipe = space.recipe(params, family="sd1", sources=tuple(sources)).model_dump_json()
         result = evaluator.evaluate(EvalTask(task_id=number, trial_number=number, recipe=recipe))
         assert result.status == "ok", result.error
-        trial.set_user_attr("recipe", recipe)
-        trial.set_user_attr("categories", result.categories)
-        trial.set_user_attr("render_seconds", result.render_seconds)
-        if label:
-            trial.set_user_attr("baseline", label)
+        # the loop's own writer (search.trial_record), as `mergesearch search` stores a trial
+        record.write(trial, recipe=recipe, **record.result_fields("search", result),
+                     render_seconds=result.render_seconds, worker=result.worker or "local", baseline=label)
         sheet = run / "sheet.webp"
         sheet.write_bytes(result.sheet)
         upload_artifact(artifact_store=store, file_path=str(sheet), study_or_trial=trial, mimetype="image/webp")
@@ -93,7 +92,7 @@ def test_fp16_export_verifies_inspects_and_loads_in_diffusers(scored_run, tmp_pa
     assert main(["export", str(scored_run), "-o", str(out), "--dtype", "fp16", "--verify"]) == 0
     printed = capsys.readouterr().out
     best = pick_trial(load_run(scored_run).open_study(), "best")
-    assert f"verify PASS: trial {best.number} scored tag_recall {best.value:.4f} in the search" in printed
+    assert f"verify PASS: trial {best.number} scored tag_recall {best.search:.4f} in the search" in printed
     print(printed)  # both scores, for the log
 
     assert main(["inspect", str(out), "--no-hash"]) == 0

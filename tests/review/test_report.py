@@ -9,6 +9,7 @@ from PIL import Image
 from search.cli import main
 from search.review import load_run, pick_trial, trial_recipe
 from search.review.report import write_report
+from review_builder import standin_score
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,16 @@ def test_table_has_scores_params_and_derived_block_weights(standin_run, report):
     assert list(table.index) == [t.number for t in study.trials]
     assert table.loc[8, "state"] == "FAIL" and pd.isna(table.loc[8, "tag_recall"])
     best = pick_trial(study, "best")
+    assert best.number == max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value).number
     row = table.loc[best.number]
-    assert row["tag_recall"] == pytest.approx(best.value)
-    assert row["holdout"] == pytest.approx(best.user_attrs["holdout"])
-    for cat, value in best.user_attrs["categories"].items():
+    expected = standin_score(trial_recipe(best))  # the stand-in scores, recomputed from the recipe
+    assert row["tag_recall"] == pytest.approx(expected["value"]) == pytest.approx(row["objective"])
+    assert row["holdout"] == pytest.approx(expected["holdout"])
+    for cat, value in expected["categories"].items():
         assert row[f"search:{cat}"] == pytest.approx(value)
-        assert row[f"holdout:{cat}"] == pytest.approx(best.user_attrs["holdout_categories"][cat])
-    assert row["param:w1_00"] == pytest.approx(best.params["w1_00"])
+        assert row[f"holdout:{cat}"] == pytest.approx(expected["holdout_categories"][cat])
+    stored = study.trials[best.number].params
+    assert stored and all(row[f"param:{k}"] == pytest.approx(v) for k, v in stored.items())
     coefficients = trial_recipe(best).coefficients()
     for i, model in enumerate(("base", "a", "b")):
         assert row[f"weight:{model}:IN05"] == pytest.approx(coefficients["IN05"][i])
@@ -58,7 +62,7 @@ def test_summary_compares_best_with_every_parent(standin_run, report):
     for label in ("parent:base", "parent:a", "parent:b"):
         assert label in summary
     best = pick_trial(study, "best")
-    assert f"best (#{best.number}" in summary and f"{best.value:.4f}" in summary
+    assert f"best (#{best.number}" in summary and f"{best.search:.4f}" in summary
 
 
 def test_cli_prints_summary_and_files(standin_run, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """One storage contract, run against SQLite (WAL) and the real PostgreSQL server on 127.0.0.1."""
 
 import sqlite3
-import uuid
 
 import optuna
 import pytest
@@ -10,38 +9,8 @@ from search_helpers import search_config
 
 from search.config import parse_config
 from search.runner import prepare, run_search
-from search.storage import StorageError, check_storage
 from search.study import StudyMismatchError, finished_count
 from search.workers import EvaluatorSpec
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_up() -> bool:
-    try:
-        check_storage(POSTGRES, timeout=2)
-        return True
-    except StorageError:
-        return False
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def storage_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'study.db'}"
-        return
-    if not _postgres_up():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    yield POSTGRES
-
-
-@pytest.fixture
-def study_name(storage_url):
-    name = f"t{uuid.uuid4().hex[:10]}"
-    yield name
-    for s in optuna.get_all_study_summaries(storage_url, include_best_trial=False):
-        if s.study_name.startswith(name):
-            optuna.delete_study(study_name=s.study_name, storage=storage_url)
 
 
 def fake():
