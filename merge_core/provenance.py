@@ -10,6 +10,7 @@ import warnings
 from .checkpoint import Checkpoint
 from .errors import CheckpointWarning
 from .prediction import carried_modelspec, merged_prediction
+from .methods import get_method
 from .recipe import Recipe
 
 RECIPE_KEY = "mergesearch_recipe"
@@ -69,6 +70,9 @@ def merge_metadata(recipe: Recipe, sources: list[Checkpoint], hashes: list[str])
         "secondary_model_hash": hashes[1] if len(hashes) > 1 else None,
         "tertiary_model_hash": hashes[2] if len(hashes) > 2 else None,
         "interp_method": recipe.method,
+        "calcmode": get_method(recipe.method).spelling,
+        "method_parameters": list(get_method(recipe.method).param_names(len(recipe.sources))),
+        "seed": recipe.seed,
         "multiplier": same[0] if same and len(same) == 1 else None,
         "block_weights": None if same else {b: list(recipe.weights[b]) for b in recipe.weights},
         "save_as_half": recipe.dtype == "fp16",

@@ -11,6 +11,7 @@ import warnings
 # Order is the order `--help` lists them in.
 COMMANDS = (
     "merge",
+    "methods",
     "inspect",
     "repair",
     "lora",

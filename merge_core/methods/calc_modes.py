@@ -159,27 +159,27 @@ for _m in (
     MergeMethod(
         "cosine-a", "(1-k)B + kA, k = clip((cos_n(A,B) - smin)/(smax - smin) - |a|, 0, 1)",
         "SuperMerger calc mode cosineA (spec §3.1)", _cosine(True), ("A", "B"), (_ALPHA_UNBOUNDED,),
-        elementwise=False, skip=lambda key: key.startswith(_VAE),
+        elementwise=False, skip=lambda key: key.startswith(_VAE), aliases=("cosineA",),
         prepare=lambda pairs: cosine_range(pairs, normalised=True),
         summary="weighted sum whose ratio follows each column's cosine similarity (normalised)",
     ),
     MergeMethod(
         "cosine-b", "(1-k)B + kA, k = clip((cos(A,B) - smin)/(smax - smin) - a, 0, 1)",
         "SuperMerger calc mode cosineB (spec §3.1)", _cosine(False), ("A", "B"), (_ALPHA_UNBOUNDED,),
-        elementwise=False, skip=lambda key: key.startswith(_VAE),
+        elementwise=False, skip=lambda key: key.startswith(_VAE), aliases=("cosineB",),
         prepare=lambda pairs: cosine_range(pairs, normalised=False),
         summary="weighted sum whose ratio follows each column's cosine similarity",
     ),
     MergeMethod(
         "train-difference", "A + 1.8a (B-C)|B-A| / (|B-C| + |B-A|)",
         "SuperMerger calc mode trainDifference (spec §3.2)", _train_difference, ("A", "B", "C"),
-        (Param("alpha", 1.0, doc="strength"),),
+        (Param("alpha", 1.0, doc="strength"),), aliases=("trainDifference",),
         summary="add B - C as if A had been trained on it",
     ),
     MergeMethod(
         "smooth-add", "A + a gaussian(median(B - C))",
         "SuperMerger calc mode smoothAdd (spec §3.3)", _smooth_add, ("A", "B", "C"),
-        (Param("alpha", 1.0, doc="strength"),), elementwise=False, aliases=("smoothAdd MT",),
+        (Param("alpha", 1.0, doc="strength"),), elementwise=False, aliases=("smoothAdd", "smoothAdd MT"),
         summary="add B - C after a median and a Gaussian filter",
     ),
     MergeMethod(

@@ -111,6 +111,11 @@ class MergeMethod:
         return None if self.model_weights else len(self.roles)
 
     @property
+    def spelling(self) -> str:
+        """The name A1111/SuperMerger users know (the first alias), else the registry name."""
+        return self.aliases[0] if self.aliases else self.name
+
+    @property
     def linear(self) -> bool:
         return self.coefficients_fn is not None
 

@@ -89,7 +89,7 @@ def _dare(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> torch.
     out = base.clone()
     for i, (m, w) in enumerate(zip(ts[1:], p.weights, strict=True), start=1):
         if w != 0.0:
-            out.add_(dare_mask_rescale(m - base, p["p"], ctx, i), alpha=w * p["lambda"])
+            out.add_(dare_mask_rescale(m - base, p["drop"], ctx, i), alpha=w * p["lambda"])
     return out
 
 
@@ -98,7 +98,7 @@ def _dare_ties(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> t
     deltas, weights = [], []
     for i, (m, w) in enumerate(zip(ts[1:], p.weights, strict=True), start=1):
         if w != 0.0:
-            deltas.append(dare_mask_rescale(m - base, p["p"], ctx, i).mul_(w))
+            deltas.append(dare_mask_rescale(m - base, p["drop"], ctx, i).mul_(w))
             weights.append(w)
     if not deltas:
         return base.clone()
@@ -130,16 +130,16 @@ register(MergeMethod(
     summary="trim each task vector to its largest entries, elect a sign, average the agreeing ones",
 ))
 register(MergeMethod(
-    "dare", "base + lambda * sum_i w_i * drop_p(tau_i) / (1 - p)",
+    "dare", "base + lambda * sum_i w_i * drop_p(tau_i) / (1 - p), p = drop",
     "Yu et al. 2023, DARE, arXiv:2311.03099", _dare, (),
-    (Param("p", 0.5, 0.0, 0.99, "drop rate"), _LAMBDA),
+    (Param("drop", 0.5, 0.0, 0.99, "drop rate p"), _LAMBDA),
     model_weights=True, elementwise=True, random=True, aliases=("dare-linear",),
     summary="drop a random fraction p of each task vector, rescale the rest by 1/(1-p), add",
 ))
 register(MergeMethod(
     "dare-ties", "base + lambda * disjoint_mean_i(w_i * drop_p(tau_i) / (1 - p))",
     "Yu et al. 2023 (DARE) followed by TIES' sign election", _dare_ties, (),
-    (Param("p", 0.5, 0.0, 0.99, "drop rate"), _LAMBDA),
+    (Param("drop", 0.5, 0.0, 0.99, "drop rate p"), _LAMBDA),
     model_weights=True, elementwise=True, random=True, weight_range=(0.0, math.inf),
     summary="DARE's drop and rescale, then TIES' sign election and disjoint mean",
 ))

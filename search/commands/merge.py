@@ -1,4 +1,4 @@
-"""`mergesearch merge`: the everyday merger (weighted sum, add difference, triple sum, sum twice)."""
+"""`mergesearch merge`: the everyday merger (every registered method: merge modes, TIES/DARE/SLERP, calc modes)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 HELP = """\
-Merge two or three checkpoints of one family (SD1.x, SD2.x, SDXL) into a new .safetensors,
-streaming key by key from memory-mapped sources (memory use stays small whatever the size).
-alpha=0 gives model A, as in A1111 and SuperMerger.
+Merge checkpoints of one family (SD1.x, SD2.x, SDXL) into a new .safetensors, streaming key by
+key from memory-mapped sources (memory use stays bounded by the largest tensor, not the model).
+alpha=0 gives model A, as in A1111 and SuperMerger. Methods (`mergesearch methods` for details):
 
-  weighted-sum    (1-a)A + aB                 A B
-  add-difference  A + a(B - C)                A B C
-  triple-sum      (1-a-b)A + aB + bC          A B C
-  sum-twice       (1-b)((1-a)A + aB) + bC     A B C
+{methods}
 
+Task-vector methods (ties, dare, dare-ties, affine) take BASE M1 [M2 ...] and --weights (one per
+model after the base, default 1 each; affine: 1/n); random ones (dare) take --seed.
 --blocks sets alpha per UNet block: 25 values IN00..IN11,M00,OUT00..OUT11 for SD1/SD2 (19 for
 SDXL), or 26 (20) with BASE first as SuperMerger writes them. BASE then applies to the text
 encoder and the VAE; --te-alpha / --vae-alpha override it (and --alpha when BASE is absent).
@@ -29,29 +28,48 @@ examples:
   mergesearch merge a.safetensors b.safetensors --alpha 0.3 -o ab.safetensors
   mergesearch merge a.ckpt b.safetensors --blocks 0.5,1,1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0,1 -o mbw.safetensors
   mergesearch merge a.safetensors b.safetensors base.safetensors --mode add-difference --alpha 1 --vae-alpha 0 -o ad.safetensors
+  mergesearch merge base.safetensors m1.safetensors m2.safetensors --mode ties --density 0.2 --lambda 1 -o ties.safetensors
+  mergesearch merge a.safetensors b.safetensors --mode cosineA --alpha 0.2 -o cos.safetensors
   mergesearch merge --recipe best.json -o best.safetensors
 """
+
+
+def _method_lines() -> str:
+    from merge_core.methods import METHODS
+
+    lines = []
+    for m in METHODS.values():
+        roles = "BASE M1 .." if m.model_weights else " ".join(m.roles)
+        params = ", ".join(p.name for p in m.params)
+        lines.append(f"  {m.name:<16} {roles:<11} {params:<20} {m.summary}")
+    return "\n".join(lines)
+
+
+def _param_names() -> list[str]:
+    """Every named parameter of every registered method, in first-seen order (alpha, beta, ...)."""
+    from merge_core.methods import METHODS
+
+    return list(dict.fromkeys(p.name for m in METHODS.values() for p in m.params))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "merge",
-        help="merge checkpoints (weighted sum, add difference, per-block weights)",
-        description=HELP,
+        help="merge checkpoints (merge modes, TIES/DARE/SLERP, calc modes, per-block weights)",
+        description=HELP.format(methods=_method_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="A B [C]: .safetensors, .ckpt or .pt files")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="A B [C ...]: .safetensors, .ckpt or .pt files")
     p.add_argument("-o", "--output", required=True, type=Path, help="the merged .safetensors to write")
     p.add_argument(
-        "--mode",
-        default="weighted-sum",
-        choices=["weighted-sum", "add-difference", "triple-sum", "sum-twice"],
-        help="merge method (default: weighted-sum)",
+        "--mode", "--method", dest="mode", default="weighted-sum", metavar="METHOD",
+        help="merge method or calc mode, any A1111/SuperMerger spelling (default: weighted-sum; see above)",
     )
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of B (default 0.5)")
-    p.add_argument(
-        "--beta", type=float, default=0.25, help="weight of C for triple-sum / sum-twice (default 0.25)"
-    )
+    for name in _param_names():  # one option per method parameter; None = the method's default
+        p.add_argument(f"--{name}", dest=f"param_{name}", type=float, metavar="X",
+                       help=f"{name} (default: the method's; see `mergesearch methods`)")
+    p.add_argument("--weights", metavar="W", help="task-vector methods: one weight per model after the base, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="seed of random methods (dare), stored in the recipe (default 0)")
     p.add_argument("--blocks", metavar="W", help="alpha per UNet block, comma-separated (see above)")
     p.add_argument("--blocks-beta", metavar="W", help="beta per UNet block, like --blocks")
     p.add_argument("--te-alpha", type=float, help="alpha for the text encoder(s)")
@@ -74,24 +92,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _block_params(args, layout, alpha_text, beta_text, n_params):
-    """weights per weight id for a 1- or 2-parameter method from the CLI options."""
+def _block_vectors(args, method, layout, n_sources):
+    """The method's per-block vector for every weight id from the CLI options.
+
+    Model weights come from --weights; each named parameter from its option (or the method's
+    default); alpha and beta may vary per block (--blocks, --blocks-beta, BASE, --te/--vae-alpha).
+    """
     from merge_core.weights import parse_block_list
 
-    alphas, base_a = parse_block_list(alpha_text, layout) if alpha_text else ({}, None)
-    betas, base_b = parse_block_list(beta_text, layout) if beta_text else ({}, None)
-    weights = {}
-    for wid in layout.weight_ids:
-        if wid in layout.blocks:
-            a, b = alphas.get(wid, args.alpha), betas.get(wid, args.beta)
+    names = {p.name for p in method.params}
+    if args.blocks and "alpha" not in names:
+        raise ValueError(f"--blocks sets alpha per block, but {method.name} has no alpha parameter")
+    if args.blocks_beta and "beta" not in names:
+        raise ValueError(f"--blocks-beta sets beta per block, but {method.name} has no beta parameter")
+    given = [n for n in _param_names() if getattr(args, f"param_{n}") is not None and n not in names]
+    if given:
+        raise ValueError(f"{method.name} takes no {', '.join('--' + n for n in given)}; "
+                         f"its parameters are {', '.join(names) or 'none'}")
+    weights: tuple[float, ...] = ()
+    if method.model_weights:
+        k = n_sources - 1
+        if args.weights:
+            try:
+                weights = tuple(float(v) for v in args.weights.split(","))
+            except ValueError:
+                raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+            if len(weights) != k:
+                raise ValueError(f"--weights takes {k} value(s), one per model after the base; got {len(weights)}")
         else:
-            a = base_a if base_a is not None else args.alpha
-            b = base_b if base_b is not None else args.beta
-            override = args.te_alpha if wid == "TE" else args.vae_alpha if wid == "VAE" else None
-            if override is not None:
-                a = override
-        weights[wid] = (a,) if n_params == 1 else (a, b)
-    return weights
+            weights = (1.0 / n_sources,) * k if method.linear else (1.0,) * k
+    elif args.weights:
+        raise ValueError(f"--weights is for task-vector methods (ties, dare, affine, ...), not {method.name}")
+    alphas, base_a = parse_block_list(args.blocks, layout) if args.blocks else ({}, None)
+    betas, base_b = parse_block_list(args.blocks_beta, layout) if args.blocks_beta else ({}, None)
+    out = {}
+    for wid in layout.weight_ids:
+        values = {p.name: getattr(args, f"param_{p.name}") for p in method.params}
+        values = {n: (method.defaults()[n] if v is None else v) for n, v in values.items()}
+        if "alpha" in values:
+            if wid in layout.blocks:
+                values["alpha"] = alphas.get(wid, values["alpha"])
+            else:
+                values["alpha"] = base_a if base_a is not None else values["alpha"]
+                override = args.te_alpha if wid == "TE" else args.vae_alpha if wid == "VAE" else None
+                if override is not None:
+                    values["alpha"] = override
+        if "beta" in values:
+            values["beta"] = betas.get(wid, values["beta"]) if wid in layout.blocks else (
+                base_b if base_b is not None else values["beta"])
+        out[wid] = weights + tuple(values[p.name] for p in method.params)
+    return out
 
 
 def build_recipe(args):
@@ -102,12 +152,10 @@ def build_recipe(args):
             raise ValueError("give either MODEL files or --recipe, not both")
         return Recipe.load(args.recipe)
     method = get_method(args.mode)
-    if len(args.models) != method.n_sources:
-        names = " ".join("ABC"[: method.n_sources])
-        raise ValueError(f"{method.name} merges {method.n_sources} models ({names}); got {len(args.models)}")
+    method.check_sources(len(args.models))
     family = open_checkpoint(args.models[0]).family
     layout = layout_for(family)
-    weights = _block_params(args, layout, args.blocks, args.blocks_beta, method.n_params(method.n_sources))
+    weights = _block_vectors(args, method, layout, len(args.models))
     sources = tuple(Source(path=str(Path(m).resolve())) for m in args.models)
     return Recipe(
         family=family,
@@ -116,6 +164,7 @@ def build_recipe(args):
         weights=weights,
         dtype=args.dtype or "fp16",
         keep_ema=args.keep_ema,
+        seed=args.seed if method.random else None,
     )
 
 

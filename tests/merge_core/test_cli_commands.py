@@ -77,7 +77,11 @@ def test_merge_add_difference_and_te_alpha(tmp_path, ab):
     ("extra", "message"),
     [
         (["--blocks", "0.5,0.5"], "takes 25 values (IN00..OUT11) or 26 with BASE first; got 2"),
-        (["--mode", "add-difference"], "add-difference merges 3 models (A B C); got 2"),
+        (["--mode", "add-difference"], "add-difference merges 3 model(s) (A B C), got 2"),
+        (["--mode", "tiess"], "unknown merge method 'tiess'; did you mean 'ties'?"),
+        (["--mode", "ties", "--density", "1.5"], "density = 1.5 in IN00 is outside its range [0, 1]"),
+        (["--mode", "ties", "--gamma", "1"], "ties takes no --gamma"),
+        (["--mode", "slerp", "--weights", "1"], "--weights is for task-vector methods"),
         (["--blocks", "a,b"], "--blocks must be comma-separated numbers"),
     ],
 )

@@ -1,0 +1,58 @@
+"""`mergesearch merge` with non-linear methods and `mergesearch methods`, through main()."""
+
+import json
+
+import torch
+from sd_keysets import tiny_state_dict
+
+from merge_core import load_state_dict, open_checkpoint, save_safetensors
+from search.cli import main
+
+
+def three(tmp_path):
+    return [save_safetensors(tiny_state_dict("sd1", seed=i, max_dim=4, dtype=torch.float32),
+                             tmp_path / f"m{i}.safetensors") for i in range(3)]
+
+
+def test_ties_merge_and_recipe_replay(tmp_path, capsys):
+    base, m1, m2 = three(tmp_path)
+    out, recipe = tmp_path / "t.safetensors", tmp_path / "t.json"
+    assert main(["merge", str(base), str(m1), str(m2), "--mode", "TIES", "--density", "1", "--lambda", "1",
+                 "--weights", "1,0", "--dtype", "fp32", "-o", str(out), "--save-recipe", str(recipe), "-q"]) == 0
+    got, want = load_state_dict(out), load_state_dict(m1)
+    key = "model.diffusion_model.middle_block.0.in_layers.2.weight"
+    # density 1, one model at weight 1: base + (m1 - base), i.e. m1 up to fp32 rounding
+    torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+    meta = json.loads(open_checkpoint(out).metadata["sd_merge_recipe"])
+    assert meta["interp_method"] == "ties" and meta["method_parameters"] == ["w1", "w2", "density", "lambda"]
+    again = tmp_path / "again.safetensors"
+    assert main(["merge", "--recipe", str(recipe), "--dtype", "fp32", "-o", str(again), "-q"]) == 0
+    assert torch.equal(load_state_dict(again)[key], got[key])
+
+
+def test_dare_recipe_without_seed_is_refused_before_writing(tmp_path, capsys):
+    base, m1, m2 = three(tmp_path)
+    out, recipe = tmp_path / "d.safetensors", tmp_path / "d.json"
+    assert main(["merge", str(base), str(m1), str(m2), "--mode", "dare", "--seed", "7", "-o", str(out),
+                 "--save-recipe", str(recipe), "-q"]) == 0
+    data = json.loads(recipe.read_text())
+    assert data["seed"] == 7
+    data["seed"] = None
+    recipe.write_text(json.dumps(data))
+    capsys.readouterr()
+    bad_out = tmp_path / "d2.safetensors"
+    assert main(["merge", "--recipe", str(recipe), "-o", str(bad_out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "dare is random: the recipe needs a seed" in err and "Traceback" not in err
+    assert not bad_out.exists()
+
+
+def test_self_takes_one_model_and_methods_lists_the_registry(tmp_path, capsys):
+    base, m1, _ = three(tmp_path)
+    assert main(["merge", str(base), str(m1), "--mode", "self", "-o", str(tmp_path / "s.safetensors")]) == 1
+    assert "self merges 1 model(s) (A), got 2" in capsys.readouterr().err
+    assert main(["methods", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    for name in ("weighted-sum", "ties", "dare", "slerp", "cosine-a", "train-difference", "smooth-add", "extract",
+                 "tensor2", "self"):
+        assert f"| `{name}` |" in table
