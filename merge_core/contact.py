@@ -15,7 +15,6 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm

@@ -9,8 +9,8 @@ import warnings
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointWarning
-from .prediction import carried_modelspec, merged_prediction
 from .methods import get_method
+from .prediction import carried_modelspec, merged_prediction
 from .recipe import Recipe
 
 RECIPE_KEY = "mergesearch_recipe"
