@@ -73,6 +73,7 @@ class KeyPlan:
     check: bool = True
     channels: int | None = None
     extra_from: int | None = None
+    adjust: tuple[float, tuple[float, ...]] | None = None  # Adjust: (scale, offset) on the merged fp32 tensor
 
 
 class _Hashes:
@@ -167,6 +168,7 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
     method = get_method(recipe.method)
     coefficients = recipe.coefficients() if method.linear else None
     v_out = merged_prediction(ckpts) == "v"
+    adjust_ops = recipe.adjust.ops(recipe.family) if recipe.adjust is not None and not recipe.adjust.off else {}
     plans: list[KeyPlan] = []
     for key in output_keys(recipe, ckpts):
         if key == V_MARKER and not v_out:
@@ -185,19 +187,26 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
             plans.append(KeyPlan(key, dtype, shape, (holders[0],), (), check=False))  # copied as it is
             continue
         out_dtype = output_dtype(recipe.dtype, block, layout)
-        if coefficients is None:
-            uses = method.uses(recipe.weights[block], len(ckpts))
+        # Elemental / include-exclude may give this key other parameters, or hold it from A (None)
+        params = recipe.key_params(key, block) if recipe.per_key else recipe.weights[block]
+        adjust = adjust_ops.get(key) if params is not None else None  # a key held from A is not adjusted
+        if params is None:
+            used = [(holders[0], 1.0)]
+        elif coefficients is None:
+            uses = method.uses(params, len(ckpts))
             used = [(i, 1.0) for i, u in enumerate(uses) if u]
-        else:
+        elif params is recipe.weights[block]:
             used = [(i, c) for i, c in enumerate(coefficients[block]) if c != 0.0]
+        else:
+            used = [(i, c) for i, c in enumerate(method.coefficients(params, len(ckpts))) if c != 0.0]
         for i, _ in used:
             if key not in ckpts[i]:
                 raise _missing_key_error(recipe, ckpts, i, key, block, holders[0])
         channels, extra_from, shape = _input_channels(key, layout, ckpts, used, holders, shape)
-        if coefficients is None:
+        if coefficients is None and params is not None:
             srcs = tuple(i if u else holders[0] for i, u in enumerate(uses))
-            plans.append(KeyPlan(key, out_dtype, shape, srcs, (), recipe.weights[block], channels=channels,
-                                 extra_from=extra_from))
+            plans.append(KeyPlan(key, out_dtype, shape, srcs, (), params, channels=channels,
+                                 extra_from=extra_from, adjust=adjust))
             continue
         if not used:  # all weights cancel: the block is zero
             used = [(holders[0], 0.0)]
@@ -207,7 +216,7 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
             and used[0][1] == 1.0
             and ckpts[used[0][0]].dtype(key) == out_dtype
         ):
-            plans.append(KeyPlan(key, out_dtype, shape, (used[0][0],), ()))  # held from one model
+            plans.append(KeyPlan(key, out_dtype, shape, (used[0][0],), (), adjust=adjust))  # held from one model
         else:
             plans.append(
                 KeyPlan(
@@ -218,6 +227,7 @@ def plan_merge(recipe: Recipe, ckpts: list[Checkpoint], layout: BlockLayout | No
                     tuple(c for _, c in used),
                     channels=channels,
                     extra_from=extra_from,
+                    adjust=adjust,
                 )
             )
     return plans
@@ -358,6 +368,8 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
             writer.begin(plan.key)
             if plan.channels is not None:
                 writer.write(tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state)))
+            elif plan.adjust is not None:  # small keys (conv in/out): whole tensor, fp32, adjusted, cast
+                writer.write(tensor_bytes(_adjusted(plan, ckpts, method, seed, state)))
             elif plan.vector is not None:
                 tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
                 ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
@@ -416,7 +428,26 @@ def _combine_input_conv(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, st
     else:
         out[:, :c] = linear_combination(narrow, plan.coeffs, torch.float32)
     out[:, c:] = ckpts[plan.extra_from].tensor(plan.key)[:, c:].float()
+    if plan.adjust is not None:
+        from .adjust import apply_op
+
+        apply_op(out, plan.adjust)
     return _cast_checked(out, plan, ckpts)
+
+
+def _adjusted(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> torch.Tensor:
+    """The plan's merged tensor in fp32 with its Adjust op applied, cast to the output dtype."""
+    from .adjust import apply_op
+
+    tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+    if plan.vector is not None:
+        ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
+        merged = torch.cat(list(method_chunks(method, tensors, plan.vector, ctx))).reshape(plan.shape)
+    elif plan.coeffs:
+        merged = linear_combination(tensors, plan.coeffs, torch.float32)
+    else:
+        merged = tensors[0].to(torch.float32, copy=True)
+    return _cast_checked(apply_op(merged, plan.adjust), plan, ckpts)
 
 
 def merge_to_file(

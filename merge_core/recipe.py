@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from .adjust import Adjust
+from .elemental import ElementalEntry, Selection, check_ratios, key_params
 from .family import Family
 from .hashing import file_sha256
 from .layout import layout_for
@@ -59,6 +61,10 @@ class Recipe(BaseModel):
     dtype: Dtype = "fp16"
     keep_ema: bool = False
     seed: int | None = None  # random methods (DARE): the drop masks are a function of (seed, key, source)
+    # per-key rules (merge_core.elemental, merge_core.adjust): empty/None = plain per-block merge
+    elemental: tuple[ElementalEntry, ...] = ()
+    selection: Selection | None = None
+    adjust: Adjust | None = None
 
     @field_validator("method")
     @classmethod
@@ -88,6 +94,7 @@ class Recipe(BaseModel):
                 f"{method.name} is random: the recipe needs a seed (e.g. \"seed\": 0) so the merge can be rebuilt "
                 "bit for bit; a recipe without one cannot be replayed"
             )
+        self._check_key_rules(ids)
         # Keep weights in layout order so JSON and metadata read in block order.
         object.__setattr__(self, "weights", {w: tuple(float(p) for p in self.weights[w]) for w in ids})
         return self
@@ -96,6 +103,29 @@ class Recipe(BaseModel):
     def linear(self) -> bool:
         """True when the method is linear in the sources (then :meth:`coefficients` applies)."""
         return get_method(self.method).linear
+
+    def _check_key_rules(self, ids: tuple[str, ...]) -> None:
+        named = [b for e in self.elemental for b in e.blocks] + list(self.selection.blocks if self.selection else ())
+        unknown = sorted(set(named) - set(ids))
+        if unknown:
+            raise ValueError(f"elemental/include/exclude name blocks {', '.join(unknown)} that "
+                             f"{self.family.value} does not have; blocks are {', '.join(ids)}")
+        if self.elemental:
+            check_ratios(self.elemental, len(next(iter(self.weights.values()))), self.method)
+            method = get_method(self.method)
+            for e in self.elemental:  # each override must be a valid vector for the method (lengths, ranges)
+                for b in e.blocks:
+                    vec = e.ratio + self.weights[b][1:] if len(e.ratio) == 1 else e.ratio
+                    method.split(vec, len(self.sources), where=f"elemental entry {e.text!r} in {b}")
+
+    @property
+    def per_key(self) -> bool:
+        """True when some key may be merged with other parameters than its block's (elemental, include/exclude)."""
+        return bool(self.elemental) or self.selection is not None
+
+    def key_params(self, key: str, block: str) -> tuple[float, ...] | None:
+        """The parameter vector ``key`` (of ``block``) is merged with; None = held from model A (sources[0])."""
+        return key_params(key, block, self.weights[block], elemental=self.elemental, selection=self.selection)
 
     def coefficients(self) -> dict[str, tuple[float, ...]]:
         """One linear coefficient per source for every weight id (linear methods only; ValueError otherwise)."""

@@ -235,6 +235,10 @@ class Mixer:
                     torch._foreach_mul_(g.live, float(c[0]))
                 elif c[i] != 0.0:
                     torch._foreach_add_(g.live, src, alpha=float(c[i]))
+        if hasattr(recipe, "coefficients"):
+            from search.mixer_rules import apply_key_rules
+
+            apply_key_rules(self, recipe)  # Elemental, include/exclude, Adjust (no-op without them)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_apply_seconds = time.perf_counter() - t0
@@ -254,12 +258,19 @@ class Mixer:
                          for k, e in self.keys.items() if not (method.skip and method.skip(k)))
                 self._prepared[method.name] = method.prepare(pairs)
             state = self._prepared[method.name]
+        from merge_core.adjust import apply_op
+        from search.mixer_rules import adjust_ops, key_vector
+
+        ops = adjust_ops(recipe)
         for key, entry in self.keys.items():
-            vector = recipe.weights[entry.block]
+            vector = key_vector(recipe, key, entry.block)  # Elemental / include-exclude
+            if vector is None:  # held from model A
+                entry.write(entry.source(0).to(self.device))
+                continue
             uses = method.uses(vector, self.n_sources)
             tensors = [entry.source(i if u else 0).to(self.device).float() for i, u in enumerate(uses)]
             merged = method.apply(tensors, vector, KeyContext(key, entry.shape, 0, recipe.seed, state))
-            entry.write(merged)
+            entry.write(apply_op(merged, ops[key]) if key in ops else merged)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 

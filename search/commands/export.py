@@ -39,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--verify", action="store_true",
                         help="reload the export, re-run the benchmark's search split and check the score "
                              "matches the trial's (within the output dtype's rounding)")
+    parser.add_argument("--adjust", metavar="8 VALUES", default=None,
+                        help="Adjust the export: IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 (detail, contrast, brightness, "
+                             "colour through the UNet's first and last layers; about +-5)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(handler=run)
     return parser
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         result = export_trial(
             folder, args.out, trial=args.trial, dtype=args.dtype, repair_with=args.repair_with, rank=args.rank,
             relocate=dict(args.source), overwrite=args.overwrite,
+            adjust=args.adjust,
         )
     except user_errors as exc:
         print(f"mergesearch export: {exc}", file=sys.stderr)

@@ -31,6 +31,14 @@ examples:
   mergesearch merge base.safetensors m1.safetensors m2.safetensors --mode ties --density 0.2 --lambda 1 -o ties.safetensors
   mergesearch merge a.safetensors b.safetensors --mode cosineA --alpha 0.2 -o cos.safetensors
   mergesearch merge --recipe best.json -o best.safetensors
+  mergesearch merge a.safetensors b.safetensors --alpha 0.5 --elemental "OUT03-OUT06:attn2:0.9, NOT M00:norm:0" \
+      --exclude "VAE" --adjust 0,0,0,0,3,0,0,0 -o nudged.safetensors
+
+--elemental sets alpha per key inside blocks: BLOCKS:ELEMENTS:RATIO entries (comma or newline
+separated; ranges IN03-IN06, a leading NOT, element names are substrings of the key; later
+entries win; RATIO v1/v2 sets alpha and beta). --include / --exclude name blocks (and, after a
+':', key substrings) that are merged / held from model A. --adjust takes the eight Adjust values
+IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 (detail, contrast, brightness, colour; about +-5).
 """
 
 
@@ -81,6 +89,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="output dtype (default fp16, or the recipe's with --recipe); fp8 applies to the UNet, "
         "the text encoders and VAE stay fp16. The maths is fp32 whatever the sources' dtypes",
     )
+    p.add_argument("--elemental", metavar="RULES", help="per-key alpha: BLOCKS:ELEMENTS:RATIO entries (see above)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--include", metavar="BLOCKS[:ELEMENTS]", help="merge only these blocks/elements (rest = A)")
+    sel.add_argument("--exclude", metavar="BLOCKS[:ELEMENTS]", help="hold these blocks/elements from model A")
+    p.add_argument("--adjust", metavar="8 VALUES", help="Adjust: IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3")
     p.add_argument("--keep-ema", action="store_true", help="keep model A's EMA weights (dropped by default)")
     p.add_argument(
         "--recipe", type=Path, help="replay a recipe JSON (from --save-recipe, a search or an export)"
@@ -144,7 +157,33 @@ def _block_vectors(args, method, layout, n_sources):
     return out
 
 
+def with_key_rules(recipe, args):
+    """The recipe with --elemental / --include / --exclude / --adjust applied (validated before any work)."""
+    from merge_core import Recipe, layout_for
+    from merge_core.adjust import parse_adjust
+    from merge_core.elemental import parse_elemental, parse_selection
+
+    update = {}
+    layout = layout_for(recipe.family)
+    if getattr(args, "elemental", None):
+        update["elemental"] = parse_elemental(args.elemental, layout)
+    if getattr(args, "include", None):
+        update["selection"] = parse_selection("include", args.include, layout)
+    if getattr(args, "exclude", None):
+        update["selection"] = parse_selection("exclude", args.exclude, layout)
+    if getattr(args, "adjust", None):
+        update["adjust"] = parse_adjust(args.adjust)
+    if not update:
+        return recipe
+    return Recipe.model_validate({**recipe.model_dump(), **{k: v.model_dump() if hasattr(v, "model_dump") else
+                                                           tuple(e.model_dump() for e in v) for k, v in update.items()}})
+
+
 def build_recipe(args):
+    return with_key_rules(_base_recipe(args), args)
+
+
+def _base_recipe(args):
     from merge_core import Recipe, Source, get_method, layout_for, open_checkpoint
 
     if args.recipe:

@@ -86,8 +86,13 @@ def export_trial(
     relocate: dict[str, Path] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    adjust: str | None = None,
 ) -> ExportResult:
-    """Replay a completed trial's recipe through merge_core's streaming writer, atomically."""
+    """Replay a completed trial's recipe through merge_core's streaming writer, atomically.
+
+    ``adjust``: eight Adjust values (merge_core.adjust) applied on top of the trial's merge; the
+    exported recipe (and provenance) records them. ReviewError for a malformed string.
+    """
     out = Path(out)
     study = run.open_study()
     chosen = pick_trial(study, trial)
@@ -100,6 +105,13 @@ def export_trial(
         if dtype not in DTYPES:
             raise ReviewError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         recipe = recipe.model_copy(update={"dtype": dtype})
+    if adjust is not None:
+        from merge_core.adjust import parse_adjust
+
+        try:
+            recipe = recipe.model_copy(update={"adjust": parse_adjust(adjust)})
+        except ValueError as exc:
+            raise ReviewError(f"--adjust: {exc}") from None
     metadata = provenance_metadata(provenance(study.study_name, study.user_attrs, chosen, recipe.model_dump_json()))
     if repair_with is None:
         merge_to_file(recipe, out, overwrite=overwrite, progress=progress, extra_metadata=metadata)
