@@ -10,7 +10,6 @@ from merge_core.adjust import parse_adjust
 from merge_core.elemental import parse_elemental, parse_selection
 from search.mixer import Mixer
 
-
 SD1 = layout_for("sd1")
 
 
