@@ -23,6 +23,7 @@ COMMANDS = (
     "dashboard",
     "export",
     "analyze",
+    "history",
 )
 
 

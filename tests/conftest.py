@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing on a test path may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# commands append to the merge history: never to the user's own (~/.cache/mergesearch/history.sqlite)
+import tempfile  # noqa: E402
+
+os.environ["MERGESEARCH_HISTORY"] = os.path.join(tempfile.mkdtemp(prefix="mergesearch-test-"), "history.sqlite")
 
 from pathlib import Path  # noqa: E402
 

@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from search.review.provenance import describe_scores
 
     scores = {"search": result.score, "objective": result.objective}
+    from merge_core.history import record, written_recipe
+
+    record("export", result.path, recipe=written_recipe(result.path),
+           details={"study": result.study_name, "trial": result.trial, "tag_recall": f"{result.score:.4f}",
+                    "run": args.run, **({"repaired_with": str(result.repaired_with)} if result.repaired_with else {})})
     print(f"exported trial {result.trial} of {result.study_name} ({result.dtype}, {describe_scores(scores)}) "
           f"to {result.path}")
     if not args.verify:

@@ -101,6 +101,16 @@ def run(args) -> int:
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"mergesearch lora {args.lora_command}: error: {exc}", file=sys.stderr)
         return 1
+    from merge_core.history import record
+
+    if args.lora_command == "apply":
+        sources = [args.model, *(LoraSpec.parse(t).path for t in args.loras)]
+    elif args.lora_command == "merge":
+        sources = [path for path, _ in _merge_specs(args.loras)]
+    else:
+        sources = [args.a, args.b]
+    record(f"lora {args.lora_command}", args.output, sources=sources,
+           details={"loras": " ".join(getattr(args, "loras", None) or []), "rank": getattr(args, "rank", "")})
     if not getattr(args, "quiet", False):
         print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s: {what}")
     return 0

@@ -304,6 +304,9 @@ def run(args) -> int:
             out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
         if args.save_recipe:
             save_recipe_of(out, args.save_recipe)
+        from merge_core.history import record, written_recipe
+
+        record("merge", out, recipe=written_recipe(out) or recipe)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"mergesearch merge: error: {error_text(exc)}", file=sys.stderr)
         return 1

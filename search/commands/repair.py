@@ -61,7 +61,10 @@ def run(args) -> int:
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"mergesearch repair: error: {exc}", file=sys.stderr)
         return 1
+    from merge_core.history import record
+
     s = stats.summary()
+    record("repair", args.output, sources=[args.a, args.b], details={"rank": s["rank"]})
     print(
         f"wrote {args.output} in {time.perf_counter() - t0:.1f} s: rank {s['rank']} on {s['low_rank_keys']} "
         f"matrices ({s['randomized_keys']} by randomised SVD), relative residual mean {s['residual_mean']:.3f}, "

@@ -24,6 +24,11 @@ def test_export_with_adjust(export_run_shared, tmp_path, capsys):
     torch.testing.assert_close(b[CONV_IN], a[CONV_IN] * 0.98, rtol=1e-6, atol=0)
     recipe = json.loads(open_checkpoint(adjusted).metadata["mergesearch_recipe"])
     assert recipe["adjust"]["values"] == [2, 0, 0, 1, -3, 0, 0, 0]
+    from merge_core.history import search
+
+    rows = search(str(adjusted))  # the export is in the merge history, with its trial and recipe
+    assert rows and rows[0].command == "export" and rows[0].recipe["adjust"]["values"] == [2, 0, 0, 1, -3, 0, 0, 0]
+    assert rows[0].details["trial"] == str(json.loads(open_checkpoint(adjusted).metadata["mergesearch.trial"]))
     bad = tmp_path / "bad.safetensors"
     assert main(["export", str(export_run_shared), "-o", str(bad), "--adjust", "1,2"]) == 2
     assert "--adjust: Adjust '1,2' has 2 value(s); it takes 8" in capsys.readouterr().err
