@@ -150,3 +150,21 @@ def test_run_without_study(tmp_path, capsys):
 def test_unknown_relocation_name(export_run_shared, tmp_path):
     with pytest.raises(ReviewError, match=r"--source nope=\.\.\.: no source of that name"):
         export_trial(load_run(export_run_shared), tmp_path / "x.safetensors", relocate={"nope": tmp_path})
+
+
+@pytest.mark.parametrize("target", ["source", "donor"])
+def test_export_never_overwrites_a_source_or_the_repair_donor(export_run, tmp_path, capsys, target):
+    import hashlib
+
+    recipe = trial_recipe(pick_trial(load_run(export_run).open_study()))
+    source = Path(recipe.sources[1].path)
+    donor = Path(recipe.sources[0].path)
+    victim = source if target == "source" else donor
+    before = hashlib.sha256(victim.read_bytes()).hexdigest()
+    args = ["export", str(export_run), "-o", str(victim), "--overwrite"]
+    if target == "donor":
+        args += ["--repair-with", str(donor)]
+    assert main(args) == 2
+    assert f"{victim}: is one of the inputs" in _err(capsys)
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
+    assert not [p for p in victim.parent.iterdir() if p.name.startswith(".")]
