@@ -71,6 +71,27 @@ def load_configs(folder: Path, overrides: Mapping[str, Mapping[str, Any]] | None
     return out
 
 
+def check_renderable(ckpt) -> None:
+    """Refuse, naming the file, a checkpoint the text-to-image benchmark cannot render.
+
+    The family and variant come from merge_core's one reading of the file (``Checkpoint.family``,
+    ``.variant``): the SDXL refiner only refines a base model's latents, and inpainting /
+    instruct-pix2pix UNets take extra input channels (mask, image) that text-to-image does not give.
+    Raises ``BenchmarkError``.
+    """
+    if str(ckpt.family) == "sdxl-refiner":
+        raise BenchmarkError(
+            f"{ckpt.path}: is an SDXL refiner, which refines an SDXL base model's latents and cannot render "
+            "from a prompt alone; benchmark and search SDXL base models (merge refiners with `mergesearch merge`)"
+        )
+    if ckpt.variant != "standard":
+        raise BenchmarkError(
+            f"{ckpt.path}: is an {ckpt.variant} model (its UNet takes extra input channels), which the text-to-image "
+            "benchmark cannot drive; benchmark and search the text-to-image model it was made from, and merge "
+            "the inpainting version with `mergesearch merge` (add-difference)"
+        )
+
+
 def guess_config(path: str | os.PathLike) -> str:
     """The shipped config folder that fits a checkpoint: its family by key names, then the folder of that
     family whose cross-attention width matches (the toy world is SD1-shaped but 64 wide)."""
@@ -78,6 +99,7 @@ def guess_config(path: str | os.PathLike) -> str:
 
     try:
         ckpt = open_checkpoint(path)
+        check_renderable(ckpt)
     except CheckpointError as exc:
         raise BenchmarkError(str(exc)) from None
     family = str(ckpt.family)
@@ -282,12 +304,14 @@ def _clip_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Single-file weights from disk with merge_core's normalised keys (.ckpt only via weights_only)."""
-    from merge_core import CheckpointError, load_state_dict
+    from merge_core import CheckpointError, open_checkpoint
 
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file() and not p.is_dir():
         raise BenchmarkError(f"{p}: no such checkpoint file")
     try:
-        return load_state_dict(p)
+        ckpt = open_checkpoint(p)
+        check_renderable(ckpt)
+        return {k: ckpt.tensor(k) for k in ckpt.keys()}
     except CheckpointError as exc:
         raise BenchmarkError(str(exc)) from None

@@ -62,19 +62,22 @@ def build_prompt_set(config: SearchConfig) -> Any:
 
 def prepare(config: SearchConfig, *, config_text: str = "", evaluator: EvaluatorSpec | None = None) -> Prepared:
     """Everything that can be wrong is found here, before a worker starts or a trial is asked."""
+    from benchmark import BenchmarkError
+    from benchmark.renderer import check_renderable
     from merge_core import CheckpointError, Source, layout_for, open_checkpoint
 
     sources, families = [], {}
     for m in config.ordered_models:
         path = resolve_model_path(config, m.path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"models.{m.name}: no such file {path}; fix the path (relative paths start at the "
                               f"config's folder, {config.root})")
         try:
             ckpt = open_checkpoint(path)
+            check_renderable(ckpt)  # one reading of the file decides family and variant, as merges do
             families[m.name] = str(ckpt.family.value if hasattr(ckpt.family, "value") else ckpt.family)
             sources.append(Source(path=str(path.resolve()), sha256=ckpt.sha256, name=m.name))
-        except (CheckpointError, OSError) as exc:
+        except (CheckpointError, BenchmarkError, OSError) as exc:
             raise ConfigError(f"models.{m.name}: {exc}") from None
     kinds = set(families.values())
     if len(kinds) > 1:
