@@ -31,8 +31,54 @@ class ModelSpec(_Frozen):
     path: str = Field(min_length=1, description="file path (relative to the config file) or toyworld:NAME")
 
 
+class MethodSpec(_Frozen):
+    """The merge method a search builds its candidates with (a method over a base and n models).
+
+    params: each method parameter either fixed (a number) or searched per group within
+    ``[low, high]``; parameters not named keep the method's default.
+    """
+
+    name: str = "affine"
+    params: dict[str, float | tuple[float, float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> MethodSpec:
+        import difflib
+
+        from merge_core.methods import METHODS, get_method
+
+        method = get_method(self.name)  # unknown names: ValueError with the closest match
+        if not method.model_weights:
+            usable = [m.name for m in METHODS.values() if m.model_weights]
+            raise ValueError(f"{method.name} is not a method over a base and n models; the search can use "
+                             f"{', '.join(usable)}")
+        object.__setattr__(self, "name", method.name)
+        known = {p.name: p for p in method.params}
+        for name, value in self.params.items():
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"params.{name}: {method.name} has no parameter {name!r}{hint} "
+                                 f"(it has {', '.join(known) or 'none'})")
+            p = known[name]
+            if isinstance(value, tuple):
+                lo, hi = value
+                if not lo < hi:
+                    raise ValueError(f"params.{name}: bounds [{lo}, {hi}] are inverted or empty; write [low, high]")
+                p.check(lo, f"params.{name} (low)")
+                p.check(hi, f"params.{name} (high)")
+            else:
+                p.check(float(value), f"params.{name}")
+        return self
+
+    @property
+    def searched(self) -> dict[str, tuple[float, float]]:
+        return {k: v for k, v in self.params.items() if isinstance(v, tuple)}
+
+
 class SpaceSpec(_Frozen):
     parametrisation: Literal["affine", "simplex"] = "affine"
+    method: MethodSpec = Field(default_factory=MethodSpec)
     # group name -> block ids or ranges ("IN00-IN03"); omitted = one group per UNet block
     groups: dict[str, tuple[str, ...]] | None = None
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -54,6 +100,17 @@ class SpaceSpec(_Frozen):
         if not value[0] < value[1]:
             raise ValueError(f"default_bounds are inverted or empty: {list(value)}; write [low, high] with low < high")
         return value
+
+    @model_validator(mode="after")
+    def _weights_fit_method(self) -> SpaceSpec:
+        from merge_core.methods import get_method
+
+        low = get_method(self.method.name).weight_range[0]
+        for group, (lo, _hi) in {"default_bounds": self.default_bounds, **self.bounds}.items():
+            if lo < low:
+                raise ValueError(f"bounds for {group!r} start at {lo} but {self.method.name} takes model weights "
+                                 f">= {low:g}; use e.g. [{low:g}, 1.2]")
+        return self
 
     @model_validator(mode="after")
     def _affine_bounds_hold_parents(self) -> SpaceSpec:

@@ -77,7 +77,7 @@ def frozen_of(trial: optuna.Trial):
 
 class SearchLoop:
     def __init__(self, study: optuna.Study, space: SearchSpace, pool: WorkerPool, *,
-                 make_recipe: Callable[[Params], str], options: LoopOptions,
+                 make_recipe: Callable[[Params, int, str | None], str], options: LoopOptions,
                  artifact_dir: str | Path | None = None,
                  on_update: Callable[[LoopStats], None] | None = None) -> None:
         self.study, self.space, self.pool = study, space, pool
@@ -138,7 +138,7 @@ class SearchLoop:
             trial = self.study.ask()
             try:
                 params = self.space.suggest(trial)
-                recipe = self.make_recipe(params)
+                recipe = self.make_recipe(params, trial.number, trial.user_attrs.get("baseline"))
             except Exception as exc:  # a sampler or recipe error fails this trial, not the search
                 record.write(trial, fail_reason=f"proposal: {type(exc).__name__}: {exc}")
                 self.study.tell(trial, state=TrialState.FAIL)

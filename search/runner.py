@@ -30,8 +30,10 @@ class Prepared:
     storage: optuna.storages.RDBStorage
     evaluator: EvaluatorSpec
 
-    def recipe_json(self, params: dict[str, float]) -> str:
-        return self.space.recipe(params, family=self.family, sources=self.sources).model_dump_json()
+    def recipe_json(self, params: dict[str, float], number: int = 0, baseline: str | None = None) -> str:
+        """A trial's recipe; random methods get the seed ``number`` (the trial number), stored in the recipe."""
+        return self.space.recipe(params, family=self.family, sources=self.sources, seed=number,
+                                 baseline=baseline).model_dump_json()
 
 
 def resolve_model_path(config: SearchConfig, path: str) -> Path:

@@ -37,6 +37,9 @@ class SearchSpace:
     held: dict[str, str]  # weight id -> model it is taken from whole
     bounds: dict[str, tuple[float, float]]  # searched group -> (lo, hi) (affine only)
     weight_ids: tuple[str, ...]  # every weight id of the layout, in layout order
+    method: str = "affine"  # a merge method over a base and n models (merge_core.methods)
+    # the method's parameters: a fixed value, or (lo, hi) searched per group
+    method_params: tuple[tuple[str, float | tuple[float, float]], ...] = ()
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
@@ -78,7 +81,8 @@ class SearchSpace:
             raise ValueError(f"space.bounds: no group named {sorted(unknown_bounds)}; groups are {list(groups)}")
         bounds = {g: tuple(spec.bounds.get(g, spec.default_bounds)) for g in groups}
         return cls(models=tuple(models), parametrisation=spec.parametrisation, groups=groups, held=held,
-                   bounds=bounds, weight_ids=tuple(blocks) + tuple(components))
+                   bounds=bounds, weight_ids=tuple(blocks) + tuple(components), method=spec.method.name,
+                   method_params=tuple(spec.method.params.items()))
 
     # ---- params ----------------------------------------------------------------------------------
     @property
@@ -87,13 +91,31 @@ class SearchSpace:
 
     def dimensions(self) -> list[Dimension]:
         dims = []
+        searched = self.searched_method_params
         for g in self.groups:
             if self.parametrisation == "affine":
                 lo, hi = self.bounds[g]
                 dims += [Dimension(f"{g}.{m}", lo, hi) for m in self.models[1:]]
             else:
                 dims += [Dimension(f"{g}.u{k}", 0.0, 1.0) for k in range(1, self.n)]
+            dims += [Dimension(f"{g}.{name}", lo, hi) for name, (lo, hi) in searched.items()]
         return dims
+
+    @property
+    def searched_method_params(self) -> dict[str, tuple[float, float]]:
+        return {k: tuple(v) for k, v in self.method_params if isinstance(v, (tuple, list))}
+
+    def method_values(self, params: Mapping[str, float], group: str | None) -> dict[str, float]:
+        """The method's named parameters for one group (``None``: a held component -> identity values)."""
+        from merge_core.methods import get_method
+
+        method = get_method(self.method)
+        if group is None:
+            return {**method.defaults(), **method.identity}
+        values = method.defaults()
+        for name, v in self.method_params:
+            values[name] = float(params[f"{group}.{name}"]) if isinstance(v, (tuple, list)) else float(v)
+        return values
 
     def suggest(self, trial: optuna.Trial) -> Params:
         return {d.name: trial.suggest_float(d.name, d.low, d.high) for d in self.dimensions()}
@@ -132,9 +154,18 @@ class SearchSpace:
 
     # ---- baselines -------------------------------------------------------------------------------
     def params_for_group_coefficients(self, target: tuple[float, ...]) -> dict[str, float]:
-        """Params giving `target` coefficients in every group (used for the baselines)."""
+        """Params giving `target` coefficients in every group (used for the baselines).
+
+        Searched method parameters take the method's identity values clipped into their bounds:
+        a baseline's recipe is the plain linear merge whatever the method (see ``recipe``).
+        """
+        from merge_core.methods import get_method
+
+        identity = {**get_method(self.method).defaults(), **get_method(self.method).identity}
         out: dict[str, float] = {}
         for g in self.groups:
+            for name, (lo, hi) in self.searched_method_params.items():
+                out[f"{g}.{name}"] = min(max(identity[name], lo), hi)
             if self.parametrisation == "affine":
                 out.update({f"{g}.{m}": float(target[i + 1]) for i, m in enumerate(self.models[1:])})
             else:
@@ -156,8 +187,23 @@ class SearchSpace:
         return out
 
     # ---- recipe ----------------------------------------------------------------------------------
-    def recipe(self, params: Mapping[str, float], *, family: Any, sources: tuple[Any, ...], dtype: str = "fp16") -> Any:
+    def recipe(self, params: Mapping[str, float], *, family: Any, sources: tuple[Any, ...], dtype: str = "fp16",
+               seed: int | None = None, baseline: str | None = None) -> Any:
+        """The Recipe of a trial's params. Baselines (each parent, the uniform merge) are always the
+        plain linear (affine) merge, so they are the same models whatever method the search uses;
+        other trials use the space's method, with held components at the method's identity values.
+        ``seed`` goes into recipes of random methods (DARE)."""
         from merge_core import Recipe
+        from merge_core.methods import get_method
 
-        return Recipe(family=family, method="affine", sources=tuple(sources), weights=self.affine_weights(params),
-                      dtype=dtype, keep_ema=False)
+        method = get_method(self.method)
+        if baseline is not None or method.name == "affine":
+            return Recipe(family=family, method="affine", sources=tuple(sources),
+                          weights=self.affine_weights(params), dtype=dtype, keep_ema=False)
+        group_of = {wid: g for g, ids in self.groups.items() for wid in ids}
+        weights = {}
+        for wid, coeffs in self.coefficients(params).items():
+            values = self.method_values(params, group_of.get(wid))
+            weights[wid] = tuple(coeffs[1:]) + tuple(values[p.name] for p in method.params)
+        return Recipe(family=family, method=method.name, sources=tuple(sources), weights=weights, dtype=dtype,
+                      keep_ema=False, seed=seed if method.random else None)

@@ -103,6 +103,9 @@ class MergeMethod:
     summary: str = ""
     skip: Callable[[str], bool] | None = field(default=None)  # keys this method leaves as source 0
     weight_range: tuple[float, float] = (-math.inf, math.inf)  # valid model weights (model_weights only)
+    # parameter values under which one-hot model weights give that model back (model_weights methods);
+    # the search uses them for components held from one model
+    identity: Mapping[str, float] = field(default_factory=dict)
 
     # ---- sources and parameters ------------------------------------------------------------------
     @property

@@ -127,6 +127,7 @@ register(MergeMethod(
     "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708", _ties, (),
     (Param("density", 0.2, 0.0, 1.0, "fraction of each task vector kept, by magnitude"), _LAMBDA),
     model_weights=True, elementwise=False, aliases=("TIES-merging", "ties-sum"), weight_range=(0.0, math.inf),
+    identity={"density": 1.0, "lambda": 1.0},
     summary="trim each task vector to its largest entries, elect a sign, average the agreeing ones",
 ))
 register(MergeMethod(
@@ -134,6 +135,7 @@ register(MergeMethod(
     "Yu et al. 2023, DARE, arXiv:2311.03099", _dare, (),
     (Param("drop", 0.5, 0.0, 0.99, "drop rate p"), _LAMBDA),
     model_weights=True, elementwise=True, random=True, aliases=("dare-linear",),
+    identity={"drop": 0.0, "lambda": 1.0},
     summary="drop a random fraction p of each task vector, rescale the rest by 1/(1-p), add",
 ))
 register(MergeMethod(
@@ -141,6 +143,7 @@ register(MergeMethod(
     "Yu et al. 2023 (DARE) followed by TIES' sign election", _dare_ties, (),
     (Param("drop", 0.5, 0.0, 0.99, "drop rate p"), _LAMBDA),
     model_weights=True, elementwise=True, random=True, weight_range=(0.0, math.inf),
+    identity={"drop": 0.0, "lambda": 1.0},
     summary="DARE's drop and rescale, then TIES' sign election and disjoint mean",
 ))
 register(MergeMethod(

@@ -101,11 +101,11 @@ def test_a_failing_proposal_fails_one_trial_only(tmp_path, tiny_models):
     opened, info = open_run(prepared)
     calls = []
 
-    def make_recipe(params):
+    def make_recipe(params, number, baseline):
         calls.append(1)
         if len(calls) == 6:
             raise ValueError("weight of IN00 is not a finite number")
-        return prepared.recipe_json(params)
+        return prepared.recipe_json(params, number, baseline)
 
     stats = SearchLoop(opened.study, prepared.space, LocalPool(fake()), make_recipe=make_recipe,
                        options=LoopOptions(trials=8, prune=False), artifact_dir=info.artifact_dir).run()

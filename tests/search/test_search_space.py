@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from merge_core import Source
 from search.config import SpaceSpec
 from search.space import SearchSpace
 
@@ -71,3 +72,41 @@ def test_simplex_is_uniform_dirichlet_under_uniform_params():
     # u/sum(u) would give a marginal variance far below 3/80 (mass crowded at the centre)
     u = rng.random((20000, 4))
     assert (u / u.sum(1, keepdims=True)).var(0).mean() < 0.6 * 3 / 80
+
+
+def test_ties_space_searches_method_parameters_per_group():
+    spec = SpaceSpec(groups={"IN": ("IN00-IN11",), "MID": ("M00",), "OUT": ("OUT00-OUT11",)},
+                     default_bounds=(0.0, 1.2), components={"TE": "search", "VAE": "a"},
+                     method={"name": "TIES", "params": {"density": (0.1, 0.9), "lambda": 1.5}})
+    space = make(spec)
+    names = [d.name for d in space.dimensions()]
+    assert names == ["IN.a", "IN.b", "IN.density", "MID.a", "MID.b", "MID.density", "OUT.a", "OUT.b",
+                     "OUT.density", "TE.a", "TE.b", "TE.density"]
+    params = {n: 0.5 for n in names} | {"OUT.density": 0.25, "OUT.b": 1.0}
+    recipe = space.recipe(params, family="sd1", sources=tuple(
+        Source(path=f"/{m}.safetensors") for m in ("base", "a", "b")), seed=9)
+    assert recipe.method == "ties" and recipe.seed is None  # TIES is not random: no seed stored
+    assert recipe.weights["IN03"] == pytest.approx((0.5, 0.5, 0.5, 1.5))  # w_a, w_b, density, lambda
+    assert recipe.weights["OUT07"] == pytest.approx((0.5, 1.0, 0.25, 1.5))
+    # the VAE is held from model a: one-hot weights and TIES' identity (density 1, lambda 1)
+    assert recipe.weights["VAE"] == pytest.approx((1.0, 0.0, 1.0, 1.0))
+    # baselines are the plain linear merges, whatever the method
+    label, bparams = space.baselines()[1]
+    assert label == "parent:a" and bparams["IN.density"] == 0.9  # identity 1 clipped into the bounds
+    base_recipe = space.recipe(bparams, family="sd1", sources=recipe.sources, baseline=label)
+    assert base_recipe.method == "affine" and base_recipe.coefficients()["M00"] == pytest.approx((0, 1, 0))
+
+
+def test_method_spec_errors_name_the_fix():
+    with pytest.raises(ValueError, match="slerp is not a method over a base and n models"):
+        SpaceSpec(method={"name": "slerp"})
+    with pytest.raises(ValueError, match="did you mean 'density'"):
+        SpaceSpec(method={"name": "ties", "params": {"densty": 0.2}})
+    with pytest.raises(ValueError, match=r"outside its range \[0, 1\]"):
+        SpaceSpec(method={"name": "ties", "params": {"density": (0.1, 1.5)}})
+    with pytest.raises(ValueError, match="takes model weights >= 0"):
+        SpaceSpec(default_bounds=(-0.3, 1.2), method={"name": "ties"})
+    dare = make(SpaceSpec(default_bounds=(0.0, 1.0), method={"name": "dare", "params": {"drop": (0.1, 0.9)}}))
+    params = {d.name: 0.5 for d in dare.dimensions()}
+    src = tuple(Source(path=f"/{m}.safetensors") for m in ("base", "a", "b"))
+    assert dare.recipe(params, family="sd1", sources=src, seed=12).seed == 12  # random: per-trial seed kept
