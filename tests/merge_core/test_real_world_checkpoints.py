@@ -496,3 +496,50 @@ def test_warnings_do_not_fire_for_ordinary_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointWarning)
         merge_to_file(recipe([a, b], "sd1"), tmp_path / "m.safetensors", progress=False)
+
+
+# -- per-tensor (non-linear) methods follow the same rules ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,n,params", [("slerp", 2, (0.3,)), ("train-difference", 3, (1.0,)),
+                                             ("ties", 3, (1.0, 1.0, 0.5, 1.0))])
+def test_per_tensor_methods_merge_the_first_4_channels_and_keep_the_extras(tmp_path, method, n, params):
+    """The wide file's first 4 channels merge exactly as a 4-channel copy of it would; the rest is kept."""
+    wide_sd = tiny_checkpoint("sd1", seed=1, in_channels=9)
+    narrow_sd = {**wide_sd, CONV_IN: wide_sd[CONV_IN][:, :4].clone()}
+    wide = save(wide_sd, tmp_path / "inpaint.safetensors")
+    narrow = save(narrow_sd, tmp_path / "narrow.safetensors")
+    others = [save(tiny_checkpoint("sd1", seed=2 + i), tmp_path / f"o{i}.safetensors") for i in range(n - 1)]
+    got = load_file(merge_to_file(recipe([wide, *others], "sd1", method, params, dtype="fp32"),
+                                  tmp_path / "m.safetensors", progress=False))
+    ref = load_file(merge_to_file(recipe([narrow, *others], "sd1", method, params, dtype="fp32"),
+                                  tmp_path / "ref.safetensors", progress=False))
+    assert got[CONV_IN].shape[1] == 9
+    np.testing.assert_array_equal(got[CONV_IN][:, :4].numpy(), ref[CONV_IN].numpy())
+    np.testing.assert_array_equal(f64(got[CONV_IN][:, 4:]), f64(wide_sd[CONV_IN][:, 4:]))
+
+
+def test_per_tensor_method_refuses_a_source_lacking_a_part(tmp_path):
+    base = save(tiny_checkpoint("sd1", seed=1, max_dim=2), tmp_path / "base.safetensors")
+    unet_only = save(tiny_checkpoint("sd1", seed=2, max_dim=2, parts=("unet",)), tmp_path / "unet_only.safetensors")
+    full = save(tiny_checkpoint("sd1", seed=3, max_dim=2), tmp_path / "full.safetensors")
+    with pytest.raises(CheckpointError, match=re.escape(f"{unet_only}: has no key 'cond_stage_model.")):
+        merge_to_file(recipe([base, unet_only, full], "sd1", "ties", (1.0, 1.0, 0.5, 1.0)), tmp_path / "m.safetensors",
+                      progress=False)
+    assert_no_output(tmp_path)
+
+
+def test_metadata_values_that_are_not_strings_are_read_as_json(tmp_path):
+    good = save(tiny_checkpoint("sd1", seed=1, max_dim=2), tmp_path / "a.safetensors")
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = {"ss_steps": 1200, "ss_tags": {"1girl": 3}, "modelspec.prediction_type": "v"}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    odd = tmp_path / "kohya_meta.safetensors"
+    odd.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    ckpt = open_checkpoint(odd)
+    assert ckpt.metadata == {"ss_steps": "1200", "ss_tags": '{"1girl": 3}', "modelspec.prediction_type": "v"}
+    b = save(tiny_checkpoint("sd1", seed=2, max_dim=2), tmp_path / "b.safetensors")
+    merge_to_file(recipe([odd, b], "sd1"), tmp_path / "m.safetensors", progress=False)
