@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 HELP = """\
-Merge checkpoints of one family (SD1.x, SD2.x, SDXL) into a new .safetensors, streaming key by
+Merge checkpoints of one family (SD1.x, SD2.x, SDXL, SDXL refiner) into a new .safetensors, streaming key by
 key from memory-mapped sources (memory use stays bounded by the largest tensor, not the model).
 alpha=0 gives model A, as in A1111 and SuperMerger. Methods (`mergesearch methods` for details):
 
@@ -23,6 +23,9 @@ model after the base, default 1 each; affine: 1/n); random ones (dare) take --se
 --blocks sets alpha per UNet block: 25 values IN00..IN11,M00,OUT00..OUT11 for SD1/SD2 (19 for
 SDXL), or 26 (20) with BASE first as SuperMerger writes them. BASE then applies to the text
 encoder and the VAE; --te-alpha / --vae-alpha override it (and --alpha when BASE is absent).
+The SDXL refiner is its own family with 25 blocks. Sources may mix fp8, bf16, fp16, fp32 and fp64
+(the maths is fp32). An inpainting (9-channel) or instruct-pix2pix (8-channel) model merged with a
+standard one keeps its extra input channels; only the first 4 are merged.
 
 examples:
   mergesearch merge a.safetensors b.safetensors --alpha 0.3 -o ab.safetensors
