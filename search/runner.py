@@ -68,7 +68,7 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     from benchmark.renderer import check_renderable
     from merge_core import CheckpointError, Source, layout_for, open_checkpoint
 
-    sources, families = [], {}
+    sources, families, ckpts = [], {}, {}
     for m in config.ordered_models:
         path = resolve_model_path(config, m.path)
         if not path.exists():
@@ -78,6 +78,7 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
             ckpt = open_checkpoint(path)
             check_renderable(ckpt)  # one reading of the file decides family and variant, as merges do
             families[m.name] = str(ckpt.family.value if hasattr(ckpt.family, "value") else ckpt.family)
+            ckpts[m.name] = ckpt
             sources.append(Source(path=str(path.resolve()), sha256=ckpt.sha256, name=m.name))
         except (CheckpointError, BenchmarkError, OSError) as exc:
             raise ConfigError(f"models.{m.name}: {exc}") from None
@@ -95,6 +96,7 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
                                   tuple(layout.blocks), tuple(layout.components))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_parts(config, ckpts, layout)
     try:
         prompt_set = build_prompt_set(config)
     except (ValueError, OSError) as exc:
@@ -110,6 +112,29 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
         evaluator = default_evaluator(config, family, sources, prompt_set)
     return Prepared(config=config, config_text=config_text, family=family, sources=tuple(sources), space=space,
                     prompt_set=prompt_set, storage=storage, evaluator=evaluator)
+
+
+def check_parts(config: SearchConfig, ckpts: dict, layout) -> None:
+    """The merge's rule for keys only some sources hold, applied to the search: every weight a model is
+    searched on must be in its file. A component held from one model (space.components) needs only that model's."""
+    holders: dict[str, str] = {}
+    for name, ckpt in ckpts.items():
+        for key in ckpt.keys():
+            if layout.block_of(key) is not None and ckpt.dtype(key).is_floating_point:
+                holders.setdefault(key, name)
+    for name, ckpt in ckpts.items():
+        for key, other in holders.items():
+            if key in ckpt:
+                continue
+            block = layout.block_of(key)
+            held = config.space.components.get(block, "search") if block in layout.components else "search"
+            if held not in ("search", name):
+                continue  # that part comes from another model
+            part = {"TE": "text encoder", "VAE": "VAE"}.get(block, f"UNet block {block}")
+            fix = (f"; or hold {block} from a model that has it (space.components.{block}: {other})"
+                   if block in layout.components and held == "search" else "")
+            raise ConfigError(f"models.{name}: {ckpt.path} has no key {key!r} ({part}) that model {other!r} has; "
+                              f"the search merges it from every model — use a full checkpoint{fix}")
 
 
 def check_objective(config: SearchConfig) -> None:

@@ -27,12 +27,12 @@ def save(sd, path, metadata=None):
     return path
 
 
-def search_prepare(tmp_path, models):
+def search_prepare(tmp_path, models, vae=None):
     cfg = {
         "name": "t",
         "models": [{"name": n, "path": str(p)} for n, p in models.items()],
         "space": {"groups": {"IN": ["IN00-IN11"], "MID": ["M00"], "OUT": ["OUT00-OUT11"]},
-                  "components": {"TE": "search", "VAE": next(iter(models))}},
+                  "components": {"TE": "search", "VAE": vae or next(iter(models))}},
         "objective": {"vocabulary": "toyworld", "n": 4, "m": 2},
         "budget": {"trials": 2},
         "runs_dir": str(tmp_path / "runs"),
@@ -119,3 +119,14 @@ def test_repair_refuses_a_unet_key_no_block_holds(tmp_path):
     with pytest.raises(CheckpointError, match=re.escape(f"{a}: UNet key {key!r} belongs to no block")):
         repair_to_file(a, b, tmp_path / "r.safetensors", progress=False)
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_search_refuses_a_source_lacking_a_part_it_would_merge(tmp_path):
+    base = save(tiny_checkpoint("sd1", seed=1, max_dim=2), tmp_path / "base.safetensors")
+    no_vae = save(tiny_checkpoint("sd1", seed=2, max_dim=2, parts=("unet", "te")), tmp_path / "no_vae.safetensors")
+    with pytest.raises(ConfigError, match=re.escape(f"models.novae: {no_vae} has no key 'first_stage_model.")) as err:
+        search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae="search")
+    assert "(VAE) that model 'base' has" in str(err.value)
+    assert "space.components.VAE: base" in str(err.value)
+    # held from the model that has it: the search never reads the other's VAE
+    assert search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae="base").family == "sd1"
