@@ -97,6 +97,8 @@ def guess_config(path: str | os.PathLike) -> str:
     family whose cross-attention width matches (the toy world is SD1-shaped but 64 wide)."""
     from merge_core import CheckpointError, open_checkpoint
 
+    if Path(path).is_dir() and (Path(path) / "model_index.json").is_file():
+        return str(path)  # a diffusers folder carries its own configs and tokenizer
     try:
         ckpt = open_checkpoint(path)
         check_renderable(ckpt)
@@ -303,12 +305,13 @@ def _clip_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Single-file weights from disk with merge_core's normalised keys (.ckpt only via weights_only)."""
+    """Single-file weights from disk with merge_core's normalised keys (.ckpt only via weights_only);
+    a diffusers folder is read under single-file keys (merge_core.open_checkpoint)."""
     from merge_core import CheckpointError, open_checkpoint
 
     p = Path(path)
-    if not p.is_file() and not p.is_dir():
-        raise BenchmarkError(f"{p}: no such checkpoint file")
+    if not p.exists():
+        raise BenchmarkError(f"{p}: no such checkpoint file or diffusers folder")
     try:
         ckpt = open_checkpoint(p)
         check_renderable(ckpt)

@@ -54,8 +54,8 @@ def clip_bpe() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
 @lru_cache(maxsize=8)
 def _tokenizer(folder: str) -> CLIPTokenizer:
     path = Path(folder)
-    if (path / "vocab.json").exists() and (path / "merges.txt").exists():
-        return CLIPTokenizer.from_pretrained(path)
+    if ((path / "vocab.json").exists() and (path / "merges.txt").exists()) or (path / "tokenizer.json").exists():
+        return CLIPTokenizer.from_pretrained(path)  # own files (save_pretrained writes tokenizer.json)
     cfg_file = path / "tokenizer_config.json"
     cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
     vocab, merges = clip_bpe()

@@ -169,14 +169,20 @@ def _sniff(path: Path) -> str:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a .safetensors (memory-mapped) or .ckpt/.pt (weights-only unpickling) checkpoint.
+    """Open a .safetensors (memory-mapped) or .ckpt/.pt (weights-only unpickling) checkpoint, or a
+    diffusers pipeline folder (read under single-file keys, merge_core.diffusers_folder).
 
-    The format is taken from the file's first bytes; a suffix that says otherwise gives a
-    ``CheckpointWarning`` (the file still opens). Folders, missing files and files of no
-    known format raise ``CheckpointError`` naming the path and the fix.
+    This is the one place that decides how a model path is read. The format is taken from the
+    file's first bytes; a suffix that says otherwise gives a ``CheckpointWarning`` (the file still
+    opens). Other folders, missing files and files of no known format raise ``CheckpointError``
+    naming the path and the fix.
     """
     p = Path(path)
     if p.is_dir():
+        from .diffusers_folder import is_diffusers_folder, open_diffusers_folder
+
+        if is_diffusers_folder(p):
+            return open_diffusers_folder(p)
         raise CheckpointError(_folder_message(p))
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file; check the path")
@@ -200,11 +206,14 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def _folder_message(p: Path) -> str:
-    if (p / "model_index.json").is_file() or (p / "unet").is_dir():
+    from .diffusers_folder import is_vae_folder
+
+    if is_vae_folder(p):
+        return f"{p}: is a diffusers VAE folder, not a model; bake it into a merge with --vae"
+    if (p / "unet").is_dir():
         return (
-            f"{p}: is a diffusers folder; this command takes single-file checkpoints — convert it first "
-            "(diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py, or load it with "
-            "from_pretrained and save a single file)"
+            f"{p}: looks like a diffusers folder but has no model_index.json; copy the whole folder "
+            "(or re-save it with save_pretrained)"
         )
     return f"{p}: is a folder, not a checkpoint file; give the .safetensors or .ckpt file inside it"
 

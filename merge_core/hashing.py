@@ -98,8 +98,14 @@ class Pacer:
 
 
 def file_sha256(path: str | os.PathLike, *, pacer: Pacer | None = None) -> str:
-    """Hex sha256 of the whole file (cached per path, size and modification time)."""
+    """Hex sha256 of the whole file (cached per path, size and modification time).
+
+    A folder (a diffusers model) hashes as the sha256 of its files' ``relative path sha256``
+    lines, sorted: it changes when any weight or config file does.
+    """
     p = Path(path)
+    if p.is_dir():
+        return folder_sha256(p)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     cached = _lookup(key)
@@ -120,6 +126,16 @@ def file_sha256(path: str | os.PathLike, *, pacer: Pacer | None = None) -> str:
     sha = h.hexdigest()
     _store(key, sha)
     return sha
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over ``relative/path sha256`` lines of every file under ``folder`` (hidden files skipped)."""
+    lines = []
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+            lines.append(f"{rel.as_posix()} {file_sha256(f)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def short_hash(sha256: str) -> str:

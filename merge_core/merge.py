@@ -457,16 +457,23 @@ def merge_to_file(
     overwrite: bool = False,
     progress: bool = True,
     extra_metadata: dict[str, str] | None = None,
+    vae: str | os.PathLike | None = None,
 ) -> Path:
     """Merge ``recipe`` from its source files into the safetensors file ``out``.
 
     Everything is checked before anything is written (:func:`plan_merge`, and
     :func:`merge_core.outputs.check_output`: never over a source, --overwrite or not); on any
     error no output is left behind. Raises ``CheckpointError`` naming the file, the key and the fix.
+    ``vae``: a VAE file or folder whose weights replace the merged VAE (merge_core.vae); its
+    path and sha256 go into the metadata as ``mergesearch_vae``.
     """
     ckpts = open_sources(recipe)
     out = check_output(out, [c.path for c in ckpts], overwrite=overwrite)
     plans = plan_merge(recipe, ckpts)
+    sources = ckpts
+    if vae is not None:
+        plans, sources, vae_meta = bake_vae(plans, ckpts, vae, recipe)
+        extra_metadata = {**(extra_metadata or {}), **vae_meta}
     pending = ["0" * 64] * len(ckpts)
     entries = {p.key: (p.dtype, p.shape) for p in plans}
     with atomic_output(out, overwrite=overwrite) as (fd, _tmp):
@@ -475,7 +482,7 @@ def merge_to_file(
         )
         hasher = _Hashes(ckpts)
         try:
-            write_plans(writer, plans, ckpts, progress=progress, on_key=hasher.read_up_to,
+            write_plans(writer, plans, sources, progress=progress, on_key=hasher.read_up_to,
                         method=get_method(recipe.method), seed=recipe.seed)
         finally:
             hasher.release()
@@ -489,3 +496,26 @@ def merge_to_file(
                 )
         writer.finish({**merge_metadata(recipe, ckpts, hashes), **(extra_metadata or {})})
     return out
+
+
+def bake_vae(plans: list[KeyPlan], ckpts: list[Checkpoint], vae: str | os.PathLike, recipe: Recipe):
+    """Plans whose VAE keys are copied (cast to the output dtype) from the VAE at ``vae``.
+
+    Returns (plans, sources with the VAE appended, metadata naming the VAE and its sha256).
+    """
+    import json
+
+    from .vae import open_vae
+
+    vae_ckpt = open_vae(vae, ckpts[0])
+    layout = layout_for(recipe.family)
+    out_dtype = OUT_DTYPES[recipe.dtype]
+    index = len(ckpts)
+    baked = [
+        KeyPlan(p.key, out_dtype, p.shape, (index,), (1.0,))
+        if layout.block_of(p.key) == "VAE" and p.dtype.is_floating_point
+        else p
+        for p in plans
+    ]
+    meta = {"mergesearch_vae": json.dumps({"path": str(vae_ckpt.path), "sha256": vae_ckpt.sha256})}
+    return baked, [*ckpts, vae_ckpt], meta

@@ -19,7 +19,12 @@ PENDING_HASH = "0" * 64  # stands in for a sha256 that is still being computed
 
 
 def legacy_hash(path: str | os.PathLike) -> str:
-    """A1111's old 8-character model hash: sha256 of 64 KiB at offset 1 MiB."""
+    """A1111's old 8-character model hash: sha256 of 64 KiB at offset 1 MiB (of the UNet's file in a
+    diffusers folder)."""
+    if os.path.isdir(path):
+        from .diffusers_folder import component_file
+
+        path = component_file(path, "unet")
     with open(path, "rb") as f:
         f.seek(0x100000)
         return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]

@@ -15,6 +15,7 @@ COMMANDS = (
     "inspect",
     "repair",
     "lora",
+    "convert",
     "prompts",
     "benchmark",
     "search",

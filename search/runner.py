@@ -72,7 +72,7 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     for m in config.ordered_models:
         path = resolve_model_path(config, m.path)
         if not path.exists():
-            raise ConfigError(f"models.{m.name}: no such file {path}; fix the path (relative paths start at the "
+            raise ConfigError(f"models.{m.name}: no such file or diffusers folder {path}; fix the path (relative paths start at the "
                               f"config's folder, {config.root})")
         try:
             ckpt = open_checkpoint(path)

@@ -70,7 +70,9 @@ def resolve_models(specs: list[str]) -> list[tuple[str, Path]]:
             out.append((name, Path(models[name])))
             continue
         p = Path(spec)
-        if p.is_dir():
+        if (p / "model_index.json").is_file():  # a diffusers folder is one model
+            out.append((p.name, p))
+        elif p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix in CHECKPOINT_SUFFIXES)
             if not found:
                 raise BenchmarkError(f"model folder {p}: holds no {'/'.join(CHECKPOINT_SUFFIXES)} files")

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--adjust", metavar="8 VALUES", default=None,
                         help="Adjust the export: IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 (detail, contrast, brightness, "
                              "colour through the UNet's first and last layers; about +-5)")
+    parser.add_argument("--vae", type=Path, default=None, metavar="FILE",
+                        help="bake this VAE into the export (single-file VAE, .pt read weights-only, or a "
+                             "diffusers VAE folder); its sha256 goes into the metadata")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(handler=run)
     return parser
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         folder = load_run(args.run)
         result = export_trial(
             folder, args.out, trial=args.trial, dtype=args.dtype, repair_with=args.repair_with, rank=args.rank,
-            relocate=dict(args.source), overwrite=args.overwrite,
+            relocate=dict(args.source), overwrite=args.overwrite, vae=args.vae,
             adjust=args.adjust,
         )
     except user_errors as exc:

@@ -59,7 +59,8 @@ def describe(path: Path, *, hash: bool = True) -> dict:
         "variant": ckpt.variant,
         "prediction": ckpt.prediction,
         "prediction_source": ckpt.prediction_source,
-        "size_bytes": path.stat().st_size,
+        "size_bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
+        else path.stat().st_size,
         "tensors": len(ckpt.keys()),
         "parameters": sum(params.values()),
         "dtypes": dict(dtypes.most_common()),

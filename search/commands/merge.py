@@ -27,8 +27,14 @@ The SDXL refiner is its own family with 25 blocks. Sources may mix fp8, bf16, fp
 (the maths is fp32). An inpainting (9-channel) or instruct-pix2pix (8-channel) model merged with a
 standard one keeps its extra input channels; only the first 4 are merged.
 
+Diffusers folders (model_index.json, unet/, text_encoder/, vae/) are accepted wherever a file is,
+and `-o OUT/` writes one (diffusers' own save_pretrained). --unet-alpha, --te-alpha and --vae-alpha
+give each component its own alpha. --vae FILE bakes a separate VAE into the output.
+
 examples:
   mergesearch merge a.safetensors b.safetensors --alpha 0.3 -o ab.safetensors
+  mergesearch merge a-diffusers/ b-diffusers/ --unet-alpha 0.75 --te-alpha 0.75 --vae-alpha 0.05 -o ab-diffusers/
+  mergesearch merge a.safetensors b.safetensors --vae vae-ft-mse.safetensors -o ab-vae.safetensors
   mergesearch merge a.ckpt b.safetensors --blocks 0.5,1,1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0,1 -o mbw.safetensors
   mergesearch merge a.safetensors b.safetensors base.safetensors --mode add-difference --alpha 1 --vae-alpha 0 -o ad.safetensors
   mergesearch merge base.safetensors m1.safetensors m2.safetensors --mode ties --density 0.2 --lambda 1 -o ties.safetensors
@@ -70,8 +76,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=HELP.format(methods=_method_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="A B [C ...]: .safetensors, .ckpt or .pt files")
-    p.add_argument("-o", "--output", required=True, type=Path, help="the merged .safetensors to write")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="A B [C ...]: .safetensors, .ckpt or .pt files, or diffusers folders")
+    p.add_argument("-o", "--output", required=True,
+                   help="the merged .safetensors to write; a name ending in / (or without a suffix when a "
+                        "source is a diffusers folder) writes a diffusers folder")
     p.add_argument(
         "--mode", "--method", dest="mode", default="weighted-sum", metavar="METHOD",
         help="merge method or calc mode, any A1111/SuperMerger spelling (default: weighted-sum; see above)",
@@ -83,6 +92,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (dare), stored in the recipe (default 0)")
     p.add_argument("--blocks", metavar="W", help="alpha per UNet block, comma-separated (see above)")
     p.add_argument("--blocks-beta", metavar="W", help="beta per UNet block, like --blocks")
+    p.add_argument("--unet-alpha", type=float, help="alpha for every UNet block (--blocks still overrides)")
     p.add_argument("--te-alpha", type=float, help="alpha for the text encoder(s)")
     p.add_argument("--vae-alpha", type=float, help="alpha for the VAE")
     p.add_argument(
@@ -97,6 +107,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sel.add_argument("--include", metavar="BLOCKS[:ELEMENTS]", help="merge only these blocks/elements (rest = A)")
     sel.add_argument("--exclude", metavar="BLOCKS[:ELEMENTS]", help="hold these blocks/elements from model A")
     p.add_argument("--adjust", metavar="8 VALUES", help="Adjust: IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3")
+    p.add_argument("--vae", metavar="FILE", help="bake this VAE into the output (single-file VAE with or "
+                   "without the first_stage_model. prefix, .pt read weights-only, or a diffusers VAE folder)")
     p.add_argument("--keep-ema", action="store_true", help="keep model A's EMA weights (dropped by default)")
     p.add_argument(
         "--recipe", type=Path, help="replay a recipe JSON (from --save-recipe, a search or an export)"
@@ -147,7 +159,8 @@ def _block_vectors(args, method, layout, n_sources):
         values = {n: (method.defaults()[n] if v is None else v) for n, v in values.items()}
         if "alpha" in values:
             if wid in layout.blocks:
-                values["alpha"] = alphas.get(wid, values["alpha"])
+                unet_alpha = getattr(args, "unet_alpha", None)
+                values["alpha"] = alphas.get(wid, values["alpha"] if unet_alpha is None else unet_alpha)
             else:
                 values["alpha"] = base_a if base_a is not None else values["alpha"]
                 override = args.te_alpha if wid == "TE" else args.vae_alpha if wid == "VAE" else None
@@ -292,10 +305,41 @@ def save_recipe_of(out: Path, path: Path) -> None:
         raise
 
 
+def wants_folder(out_text: str, sources) -> bool:
+    """A diffusers folder is written for ``OUT/``, or for a suffix-less OUT when a source is a folder."""
+    import os
+
+    if out_text.endswith(("/", os.sep)):
+        return True
+    return Path(out_text).suffix == "" and any((Path(s.path) / "model_index.json").is_file() for s in sources)
+
+
+def merge_to_folder(recipe, out: Path, *, vae=None, overwrite=False, progress=True) -> Path:
+    """Stream the merge into a temporary single file beside OUT, then write it as a diffusers folder
+    (configs and tokenizer from the first source when it is a folder, else the family's shipped ones)."""
+    from benchmark.diffusers_folder import check_output_folder, write_diffusers_folder
+    from merge_core import merge_to_file
+
+    check_output_folder(out, overwrite=overwrite)
+    first = Path(recipe.sources[0].path)
+    config = str(first) if (first / "model_index.json").is_file() else None
+    tmp = out.with_name(f".{out.name}.merge.tmp.safetensors")
+    dtype = recipe.dtype if recipe.dtype in ("fp16", "bf16", "fp32") else "fp16"
+    try:
+        merge_to_file(recipe, tmp, overwrite=True, progress=progress, vae=vae)
+        write_diffusers_folder(tmp, out, config=config, dtype=dtype, overwrite=overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def run(args) -> int:
+    from benchmark import BenchmarkError
     from merge_core import CheckpointError, merge_to_file
 
     t0 = time.perf_counter()
+    out_text = str(args.output)
+    args.output = Path(out_text)
     try:
         recipe = build_recipe(args)
         if args.recipe and args.dtype:  # the recipe's dtype unless --dtype is given
@@ -304,17 +348,26 @@ def run(args) -> int:
         if args.save_recipe:
             check_recipe_path(args.save_recipe, args.output, [s.path for s in recipe.sources])
         with unwind_on_sigterm():
-            out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
+            if wants_folder(out_text, recipe.sources):
+                out = merge_to_folder(recipe, args.output, vae=args.vae, overwrite=args.overwrite,
+                                      progress=not args.quiet)
+            else:
+                out = merge_to_file(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet,
+                                    vae=args.vae)
         if args.save_recipe:
-            save_recipe_of(out, args.save_recipe)
+            if out.is_dir():
+                args.save_recipe.write_text(recipe.to_json(indent=2) + "\n")
+            else:
+                save_recipe_of(out, args.save_recipe)
         from merge_core.history import record, written_recipe
 
         record("merge", out, recipe=written_recipe(out) or recipe)
-    except (CheckpointError, ValueError, OSError) as exc:
+    except (CheckpointError, BenchmarkError, ValueError, OSError) as exc:
         print(f"mergesearch merge: error: {error_text(exc)}", file=sys.stderr)
         return 1
     if not args.quiet:
-        size = out.stat().st_size / 1e9
+        files = [f for f in out.rglob("*") if f.is_file()] if out.is_dir() else [out]
+        size = sum(f.stat().st_size for f in files) / 1e9
         print(
             f"wrote {out} ({size:.2f} GB, {recipe.family.value}, {recipe.method}) in {time.perf_counter() - t0:.1f} s"
         )

@@ -45,7 +45,7 @@ def check_sources(recipe, relocate: dict[str, Path] | None = None):
     sources = []
     for source in recipe.sources:
         path = Path(relocate.get(source.name, source.path))
-        if not path.is_file():
+        if not (path.is_file() or (path / "model_index.json").is_file()):
             raise ReviewError(
                 f"source {source.name!r}: {path} not found (moved or deleted); put it back or pass "
                 f"--source {source.name}=NEW_PATH"
@@ -87,11 +87,13 @@ def export_trial(
     overwrite: bool = False,
     progress: bool = True,
     adjust: str | None = None,
+    vae: str | Path | None = None,
 ) -> ExportResult:
     """Replay a completed trial's recipe through merge_core's streaming writer, atomically.
 
     ``adjust``: eight Adjust values (merge_core.adjust) applied on top of the trial's merge; the
     exported recipe (and provenance) records them. ReviewError for a malformed string.
+    ``vae``: a VAE file or folder baked into the export (merge_core.vae); recorded in the metadata.
     """
     out = Path(out)
     study = run.open_study()
@@ -114,7 +116,7 @@ def export_trial(
             raise ReviewError(f"--adjust: {exc}") from None
     metadata = provenance_metadata(provenance(study.study_name, study.user_attrs, chosen, recipe.model_dump_json()))
     if repair_with is None:
-        merge_to_file(recipe, out, overwrite=overwrite, progress=progress, extra_metadata=metadata)
+        merge_to_file(recipe, out, overwrite=overwrite, progress=progress, extra_metadata=metadata, vae=vae)
         return _result(out, study, chosen, recipe.dtype)
 
     repair_with = Path(repair_with)
@@ -129,7 +131,8 @@ def export_trial(
     merged = out.with_name(f".{out.stem}.merged.tmp.safetensors")
     repaired = out.with_name(f".{out.stem}.repaired.tmp.safetensors")
     try:
-        merge_to_file(recipe.model_copy(update={"dtype": "fp32"}), merged, overwrite=True, progress=progress)
+        merge_to_file(recipe.model_copy(update={"dtype": "fp32"}), merged, overwrite=True, progress=progress,
+                      vae=vae)
         repair_to_file(merged, repair_with, repaired, rank=rank, dtype=recipe.dtype, overwrite=True,
                        progress=progress)
         merge_meta = read_header(merged)[1]
