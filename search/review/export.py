@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import optuna
-from search.trial_record import TrialRecord
 from pydantic import BaseModel, ConfigDict
 
 from merge_core import file_sha256, merge_to_file, repair_to_file
@@ -15,6 +14,7 @@ from merge_core.safetensors_file import atomic_output, build_header, read_header
 from search.review.provenance import PROVENANCE_KEY, provenance, provenance_metadata
 from search.review.run import ReviewError, RunFolder
 from search.review.trials import pick_trial, trial_recipe
+from search.trial_record import TrialRecord
 
 DTYPES = ("fp16", "bf16", "fp32")
 
