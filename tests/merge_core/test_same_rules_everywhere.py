@@ -59,14 +59,17 @@ def test_variants_the_benchmark_cannot_render_are_refused_by_name_everywhere(tmp
         search_prepare(tmp_path, {"other": other, variant: path})
 
 
-def test_a_diffusers_folder_gets_the_same_message_from_search_and_benchmark(tmp_path):
+def test_an_incomplete_diffusers_folder_gets_the_same_message_from_search_and_benchmark(tmp_path):
+    # diffusers folders are read as models (merge_core.diffusers_folder); an incomplete one is refused by name
     folder = tmp_path / "pipe"
     (folder / "unet").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(BenchmarkError, match=re.escape(f"{folder}: is a diffusers folder")):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "unet": ["diffusers", "UNet2DConditionModel"]}))
+    message = f"{folder}: unet/config.json is missing; the diffusers folder is incomplete"
+    with pytest.raises(BenchmarkError, match=re.escape(message)):
         read_checkpoint(folder)
     other = save(tiny_checkpoint("sd1", seed=2), tmp_path / "other.safetensors")
-    with pytest.raises(ConfigError, match=re.escape(f"models.pipe: {folder}: is a diffusers folder")):
+    with pytest.raises(ConfigError, match=re.escape(f"models.pipe: {message}")):
         search_prepare(tmp_path, {"other": other, "pipe": folder})
 
 
