@@ -112,8 +112,20 @@ class Checkpoint:
         fam = detect_family(self._raw, lambda k: self._shapes[k])
         if fam is None:
             sample = ", ".join(list(self._raw)[:3])
+            keys = list(self._raw)
+            if keys and all(k.startswith(("first_stage_model.", "encoder.", "decoder.", "quant_conv.",
+                                          "post_quant_conv.")) for k in keys):
+                raise CheckpointError(
+                    f"{self.path}: holds only a VAE (first keys: {sample}), which has no family of its own; "
+                    "give it to `merge --vae` to bake it into a merge, and merge full checkpoints"
+                )
+            if any(k.startswith(("lora_unet_", "lora_te", "lora_te1_", "lora_te2_")) for k in keys):
+                raise CheckpointError(
+                    f"{self.path}: is a LoRA (first keys: {sample}), not a checkpoint; bake it into one with "
+                    "`mergesearch lora apply`"
+                )
             raise CheckpointError(
-                f"{self.path}: not an SD1, SD2 or SDXL single-file checkpoint (first keys: {sample}); "
+                f"{self.path}: not an SD1, SD2, SDXL or SDXL-refiner single-file checkpoint (first keys: {sample}); "
                 "convert diffusers folders or LoRA files to a full checkpoint first"
             )
         return fam

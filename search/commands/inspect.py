@@ -65,6 +65,9 @@ def describe(path: Path, *, hash: bool = True) -> dict:
         "parameters": sum(params.values()),
         "dtypes": dict(dtypes.most_common()),
         "params_per_block": params,
+        # which parts the file holds: merges refuse a part a weighted source lacks, so a partial file shows here
+        "parts": [p for p, ids in (("UNet", layout.blocks), *((c, (c,)) for c in layout.components))
+                  if any(params[i] for i in ids)],
         "non_mergeable_keys": copied,
         "unknown_keys": unknown,
         "ema_keys": len(ckpt.ema_keys()),
@@ -93,6 +96,9 @@ def render(info: dict) -> str:
         f"format      {info['format']}, {info['size_bytes'] / 1e9:.2f} GB, {info['tensors']} tensors",
         "dtype       " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["dtypes"].items()),
         f"parameters  {_fmt(info['parameters'])}",
+        "parts       " + (", ".join(info["parts"]) or "none")
+        + (f" (no {', '.join(m for m in ('UNet', 'TE', 'VAE') if m not in info['parts'])})"
+           if len(info["parts"]) < 3 else ""),
     ]
     if "sha256" in info:
         lines.append(f"sha256      {info['sha256']}  [{info['short_hash']}]")

@@ -269,6 +269,7 @@ def warn_unusual_weights(recipe) -> None:
 def check_recipe_path(path: Path, output: Path, models) -> None:
     """Refuse a --save-recipe path that could not be written, before the merge starts."""
     import os
+    import tempfile
 
     from merge_core.outputs import same_file
 
@@ -277,8 +278,13 @@ def check_recipe_path(path: Path, output: Path, models) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"--save-recipe {path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"--save-recipe {path}: cannot write there (permission denied); choose a writable folder")
+    try:  # a real write, not os.access: it also catches read-only filesystems and holds for root
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--save-recipe {path}: cannot write in {folder} ({exc.strerror}); choose a writable folder") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--save-recipe {path}: the file is read-only; choose another name")
     for other in [output, *models]:
         if same_file(path, Path(other)) or path.resolve() == Path(other).resolve():
             raise ValueError(f"--save-recipe {path}: is {other}, an input or the output; choose another name")

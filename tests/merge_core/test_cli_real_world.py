@@ -181,3 +181,24 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
         done = _run(f"{py} -m search.cli {args} | head -c 10 >/dev/null", tmp_path)
         assert done.stderr == "", done.stderr
         assert done.returncode == 141, (done.returncode, done.stderr)
+
+
+def test_save_recipe_in_a_folder_that_cannot_be_written(tmp_path, ab, capsys, monkeypatch):
+    """A read-only filesystem (root ignores permission bits, so the refusal is simulated at the write)."""
+    import tempfile
+
+    a, b = ab
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = tempfile.NamedTemporaryFile
+
+    def refuse(*args, dir=None, **kw):
+        if Path(dir) == ro:
+            raise OSError(30, "Read-only file system")
+        return real(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", str(a), str(b), "-o", str(out), "-q", "--save-recipe", str(ro / "r.json")]) == 1
+    assert f"--save-recipe {ro / 'r.json'}: cannot write in {ro} (Read-only file system)" in err(capsys)
+    assert not out.exists()

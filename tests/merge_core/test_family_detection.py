@@ -28,7 +28,21 @@ def test_unrelated_tensors_are_not_a_family(tmp_path):
 
     p = tmp_path / "lora.safetensors"
     save_safetensors({"lora_unet_down.weight": torch.zeros(2)}, p)
-    with pytest.raises(CheckpointError, match="not an SD1, SD2 or SDXL"):
+    with pytest.raises(CheckpointError, match=r"lora\.safetensors: is a LoRA .*`mergesearch lora apply`"):
+        _ = open_checkpoint(p).family
+    p = tmp_path / "other.safetensors"
+    save_safetensors({"weight": torch.zeros(2)}, p)
+    with pytest.raises(CheckpointError, match="other.safetensors: not an SD1, SD2, SDXL or SDXL-refiner"):
+        _ = open_checkpoint(p).family
+
+
+@pytest.mark.parametrize("prefix", ["first_stage_model.", ""])
+def test_a_vae_file_given_as_a_model_is_named(tmp_path, prefix):
+    import torch
+
+    p = tmp_path / "vae.safetensors"
+    save_safetensors({f"{prefix}encoder.conv_in.weight": torch.zeros(2), f"{prefix}decoder.conv_out.bias": torch.zeros(2)}, p)
+    with pytest.raises(CheckpointError, match=r"vae\.safetensors: holds only a VAE .* `merge --vae`"):
         _ = open_checkpoint(p).family
 
 

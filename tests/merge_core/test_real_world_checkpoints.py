@@ -142,6 +142,11 @@ def test_a_part_only_some_sources_have(tmp_path, family, lacks, which):
     sds[which] = tiny_checkpoint(family, seed=1 + which, max_dim=2, parts=parts)
     paths = [save(sd, tmp_path / f"{n}.safetensors") for sd, n in zip(sds, ("a", "b"), strict=True)]
     partial = paths[which]
+    from search.commands.inspect import describe, render
+
+    shown = describe(partial, hash=False)
+    assert shown["parts"] == [p for p in ("UNet", "TE", "VAE") if p.lower() != lacks]
+    assert f"(no {lacks.upper() if lacks != 'unet' else 'UNet'})" in render(shown)
     flag = {"te": "--te-alpha", "vae": "--vae-alpha"}.get(lacks)
     with pytest.raises(CheckpointError) as err:
         merge_to_file(recipe(paths, family), tmp_path / "m.safetensors", progress=False)
@@ -435,6 +440,7 @@ def test_inspect_shows_family_variant_prediction_and_unplaced_keys(tmp_path, fam
     assert (info["prediction"], info["prediction_source"]) == want
     text = render(info)
     assert f"family      {family}, {variant}" in text
+    assert info["parts"] == ["UNet", "TE", "VAE"] and "parts       UNet, TE, VAE\n" in text
     if family in ("sd1", "sd2"):  # sd1/sd2 put cond_stage_model. into TE; the SDXL layouts do not
         assert info["unknown_keys"] == []
     else:
