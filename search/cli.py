@@ -56,14 +56,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # --help prints here: inside the pipe guard too
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
         code = int(args.handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code

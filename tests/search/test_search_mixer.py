@@ -63,3 +63,29 @@ def test_overflow_is_reported_by_block(toy_sources):
     coeffs["M00"] = (1e38, 1e38, 0.0)  # fp32 overflow in one block only
     mixer.apply(coeffs)
     assert mixer.nonfinite_blocks() == ["M00"]
+
+
+def test_fp8_and_bf16_sources_mix_in_the_mixer_as_in_the_streaming_merge(toy_sources, tmp_path):
+    """Sources read by the search (fp8 UNet, bf16 everything) give the streaming merge's tensors."""
+    from safetensors.torch import load_file, save_file
+
+    converted = []
+    for i, (src, dtype) in enumerate(zip(toy_sources, (None, torch.float8_e4m3fn, torch.bfloat16), strict=True)):
+        if dtype is None:
+            converted.append(src)
+            continue
+        sd = load_file(src.path)
+        sd = {k: v.to(dtype) if v.is_floating_point() and (dtype != torch.float8_e4m3fn
+                                                          or k.startswith("model.diffusion_model.")) else v
+              for k, v in sd.items()}
+        path = tmp_path / f"m{i}_{str(dtype).removeprefix('torch.')}.safetensors"
+        save_file(sd, str(path))
+        converted.append(Source.from_path(path, name=f"m{i}"))
+    recipe = per_block_recipe(tuple(converted), 3)
+    mixed = Renderer("toyworld")
+    Mixer(mixed, [s.path for s in converted]).apply(recipe)
+    reference = Renderer("toyworld")
+    reference.load_checkpoint(merge_to_file(recipe, tmp_path / "merged.safetensors", progress=False))
+    got, want = live_state(mixed), live_state(reference)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
