@@ -74,6 +74,7 @@ class KeyPlan:
     channels: int | None = None
     extra_from: int | None = None
     adjust: tuple[float, tuple[float, ...]] | None = None  # Adjust: (scale, offset) on the merged fp32 tensor
+    lora: tuple = ()  # merge_core.lora.apply.Delta: LoRAs added to the merged fp32 tensor (after Adjust)
 
 
 class _Hashes:
@@ -368,7 +369,7 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
             writer.begin(plan.key)
             if plan.channels is not None:
                 writer.write(tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state)))
-            elif plan.adjust is not None:  # small keys (conv in/out): whole tensor, fp32, adjusted, cast
+            elif plan.adjust is not None or plan.lora:  # whole tensor in fp32: adjusted and/or LoRAs added, cast
                 writer.write(tensor_bytes(_adjusted(plan, ckpts, method, seed, state)))
             elif plan.vector is not None:
                 tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
@@ -447,7 +448,13 @@ def _adjusted(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> to
         merged = linear_combination(tensors, plan.coeffs, torch.float32)
     else:
         merged = tensors[0].to(torch.float32, copy=True)
-    return _cast_checked(apply_op(merged, plan.adjust), plan, ckpts)
+    if plan.adjust is not None:
+        merged = apply_op(merged, plan.adjust)
+    if plan.lora:
+        from .lora.apply import apply_deltas
+
+        merged = apply_deltas(merged, list(plan.lora))
+    return _cast_checked(merged, plan, ckpts)
 
 
 def merge_to_file(
@@ -471,6 +478,8 @@ def merge_to_file(
     out = check_output(out, [c.path for c in ckpts], overwrite=overwrite)
     plans = plan_merge(recipe, ckpts)
     sources = ckpts
+    if recipe.loras:
+        plans = with_loras(plans, ckpts, recipe)
     if vae is not None:
         plans, sources, vae_meta = bake_vae(plans, ckpts, vae, recipe)
         extra_metadata = {**(extra_metadata or {}), **vae_meta}
@@ -519,3 +528,27 @@ def bake_vae(plans: list[KeyPlan], ckpts: list[Checkpoint], vae: str | os.PathLi
     ]
     meta = {"mergesearch_vae": json.dumps({"path": str(vae_ckpt.path), "sha256": vae_ckpt.sha256})}
     return baked, [*ckpts, vae_ckpt], meta
+
+
+def with_loras(plans: list[KeyPlan], ckpts: list[Checkpoint], recipe: Recipe) -> list[KeyPlan]:
+    """Plans whose keys a recipe LoRA changes carry its deltas (read and checked here, before writing)."""
+    import dataclasses
+
+    from .lora.apply import recipe_lora_deltas
+
+    deltas = recipe_lora_deltas(recipe.loras, _FamilyView(ckpts[0], recipe.family))
+    # the plan's dtype is already the output dtype of its block (a key held from one model included)
+    return [dataclasses.replace(p, lora=tuple(deltas[p.key])) if p.key in deltas else p for p in plans]
+
+
+class _FamilyView:
+    """A checkpoint's keys and shapes under the recipe's family."""
+
+    def __init__(self, ckpt: Checkpoint, family):
+        self.family, self._c = family, ckpt
+
+    def keys(self):
+        return self._c.keys()
+
+    def shape(self, key):
+        return self._c.shape(key)

@@ -40,6 +40,30 @@ class Source(BaseModel):
         return cls(path=str(path), sha256=file_sha256(path) if hash else None, name=name)
 
 
+class LoraUse(BaseModel):
+    """A kohya LoRA baked into a merge: its file, sha256, and a strength per weight id.
+
+    ``strengths`` maps UNet blocks and ``"TE"`` to the ratio the LoRA is added with there
+    (W += strength * alpha/r * up @ down); weight ids not named get 0. Applied after the merge
+    (and its Adjust), by the streaming merger and the search's Mixer alike.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256: str | None = None
+    name: str = ""
+    strengths: dict[str, float]
+
+    @model_validator(mode="after")
+    def _default_name(self) -> LoraUse:
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.path).stem)
+        if not all(math.isfinite(v) for v in self.strengths.values()):
+            raise ValueError(f"LoRA {self.name}: strengths must be finite numbers, got {self.strengths}")
+        return self
+
+
 class Recipe(BaseModel):
     """A merge of ``sources`` by ``method`` with per-block ``weights``.
 
@@ -65,6 +89,7 @@ class Recipe(BaseModel):
     elemental: tuple[ElementalEntry, ...] = ()
     selection: Selection | None = None
     adjust: Adjust | None = None
+    loras: tuple[LoraUse, ...] = ()  # LoRAs added after the merge (merge_core.lora)
 
     @field_validator("method")
     @classmethod
@@ -95,6 +120,12 @@ class Recipe(BaseModel):
                 "bit for bit; a recipe without one cannot be replayed"
             )
         self._check_key_rules(ids)
+        allowed = set(layout_for(self.family).blocks) | {"TE"}
+        for lora in self.loras:
+            wrong = sorted(set(lora.strengths) - allowed)
+            if wrong:
+                raise ValueError(f"LoRA {lora.name}: strengths for {', '.join(wrong)}; a LoRA has strengths for "
+                                 f"the UNet blocks and TE only")
         # Keep weights in layout order so JSON and metadata read in block order.
         object.__setattr__(self, "weights", {w: tuple(float(p) for p in self.weights[w]) for w in ids})
         return self

@@ -31,6 +31,26 @@ class ModelSpec(_Frozen):
     path: str = Field(min_length=1, description="file path (relative to the config file) or toyworld:NAME")
 
 
+class LoraSearchSpec(_Frozen):
+    """A kohya LoRA searched beside the models: one strength per group within ``bounds``.
+
+    ``groups``: group name -> UNet blocks (ranges like IN00-IN11) and/or ``TE``; omitted = the
+    space's block groups plus ``TE`` as its own group. Blocks in no group keep strength 0.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+-]+$")
+    path: str = Field(min_length=1, description="kohya LoRA file (relative to the config file)")
+    bounds: tuple[float, float] = (0.0, 1.0)
+    groups: dict[str, tuple[str, ...]] | None = None
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"bounds {list(value)} are inverted or empty; write [low, high] with low < high")
+        return value
+
+
 class MethodSpec(_Frozen):
     """The merge method a search builds its candidates with (a method over a base and n models).
 
@@ -189,7 +209,8 @@ class WorkersSpec(_Frozen):
 
 class SearchConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name; the run folder is runs/<name>")
-    models: tuple[ModelSpec, ...] = Field(min_length=2)
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+    loras: tuple[LoraSearchSpec, ...] = ()  # LoRAs whose per-group strengths are searched too
     base: str | None = None  # the model weights are relative to (affine); default: the first model
     family: str | None = None  # checked against what the files say when given
     renderer: str | None = None  # family config folder under configs/families (default: the family)
@@ -218,6 +239,11 @@ class SearchConfig(_Frozen):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        if len(names) < 2 and not self.loras:
+            raise ValueError("models: a search needs two models, or one model and a LoRA (loras:)")
+        lora_names = [lo.name for lo in self.loras]
+        if len(set(lora_names)) != len(lora_names) or set(lora_names) & set(names):
+            raise ValueError(f"loras: names must be unique and differ from the models' ({lora_names})")
         if self.base is not None and self.base not in names:
             raise ValueError(f"base {self.base!r} is not one of the models {names}")
         for comp, how in self.space.components.items():
@@ -254,6 +280,7 @@ class SearchConfig(_Frozen):
             "renderer": self.renderer,
             "space": self.space.model_dump(mode="json"),
             "objective": self.objective.model_dump(mode="json"),
+            **({"loras": [lo.model_dump(mode="json") for lo in self.loras]} if self.loras else {}),
         }
 
     @property

@@ -49,6 +49,16 @@ class _SingleFileKey:
             return t.reshape(self.shape) if self.parts[0].kind == "reshape" else t.T
         return torch.cat([p.sources[i] for p in sorted(self.parts, key=lambda p: p.start)], dim=0)
 
+    def add(self, delta: torch.Tensor) -> None:
+        """Add a single-file-shaped fp32 ``delta`` to the live parameters (a LoRA on top of the merge)."""
+        for p in self.parts:
+            if p.kind == "reshape":
+                p.live.add_(delta.reshape(p.live.shape).to(device=p.live.device, dtype=p.live.dtype))
+            elif p.kind == "transpose":
+                p.live.add_(delta.T.to(device=p.live.device, dtype=p.live.dtype))
+            else:
+                p.live.add_(delta[p.start : p.start + p.live.shape[0]].to(device=p.live.device, dtype=p.live.dtype))
+
     def write(self, merged: torch.Tensor) -> None:
         for p in self.parts:
             if p.kind == "reshape":
@@ -172,6 +182,8 @@ class Mixer:
         self.last_apply_seconds = 0.0
         self._flat: torch.Tensor | None = None
         self._scratch_views: dict[str, list[torch.Tensor]] = {}
+        self._lora_cache: dict[str, Any] = {}  # LoRA path -> LoraFile, read once per worker
+        self._lora_targets: dict[str, Any] | None = None
 
     def _single_file_keys(self, renderer, sd0, converted, live_params, blocks, src_device, src_dtype):
         """Map each mergeable single-file key to the live parameters it becomes (see _place)."""
@@ -215,6 +227,7 @@ class Mixer:
         t0 = time.perf_counter()
         if hasattr(recipe, "linear") and not recipe.linear:
             self._apply_method(recipe)
+            self._apply_loras(recipe)
             self.last_apply_seconds = time.perf_counter() - t0
             return self.last_apply_seconds
         coeffs = recipe.coefficients() if hasattr(recipe, "coefficients") else recipe
@@ -239,6 +252,7 @@ class Mixer:
             from search.mixer_rules import apply_key_rules
 
             apply_key_rules(self, recipe)  # Elemental, include/exclude, Adjust (no-op without them)
+            self._apply_loras(recipe)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_apply_seconds = time.perf_counter() - t0
@@ -274,6 +288,23 @@ class Mixer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def _apply_loras(self, recipe: Any) -> None:
+        """Add the recipe's LoRAs (``Recipe.loras``) at their per-block strengths, after the merge and its
+        key rules, as the streaming merger does. Factors stay resident; only strengths change per trial."""
+        loras = getattr(recipe, "loras", ())
+        if not loras:
+            return
+        from merge_core.lora.apply import apply_deltas, recipe_lora_deltas
+        from merge_core.lora.names import lora_targets
+
+        view = _KeyView(self.layout.family, {k: e.shape for k, e in self.keys.items()})
+        if self._lora_targets is None:
+            self._lora_targets = lora_targets(view)
+        deltas = recipe_lora_deltas(loras, view, cache=self._lora_cache, targets=self._lora_targets)
+        for key, ds in deltas.items():
+            entry = self.keys[key]
+            entry.add(apply_deltas(torch.zeros(entry.shape), ds))
+
     def _scratch(self, block: str, g: _Group) -> list[torch.Tensor]:
         """Views into one flat buffer the size of the largest block (allocated on first use)."""
         if block not in self._scratch_views:
@@ -296,3 +327,16 @@ class Mixer:
             if not bool(torch.isfinite(torch.stack(norms)).all()):
                 bad.append(block)
         return bad
+
+
+class _KeyView:
+    """The Mixer's mergeable single-file keys and shapes, as merge_core.lora reads a checkpoint."""
+
+    def __init__(self, family: Any, shapes: dict[str, tuple[int, ...]]):
+        self.family, self._shapes = family, shapes
+
+    def keys(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]

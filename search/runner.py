@@ -29,11 +29,12 @@ class Prepared:
     prompt_set: Any  # benchmark.PromptSet
     storage: optuna.storages.RDBStorage
     evaluator: EvaluatorSpec
+    loras: tuple[Any, ...] = ()  # merge_core.recipe.LoraUse per searched LoRA (strengths filled per trial)
 
     def recipe_json(self, params: dict[str, float], number: int = 0, baseline: str | None = None) -> str:
         """A trial's recipe; random methods get the seed ``number`` (the trial number), stored in the recipe."""
         return self.space.recipe(params, family=self.family, sources=self.sources, seed=number,
-                                 baseline=baseline).model_dump_json()
+                                 baseline=baseline, loras=self.loras).model_dump_json()
 
 
 def resolve_model_path(config: SearchConfig, path: str) -> Path:
@@ -93,10 +94,11 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     layout = layout_for(family)
     try:
         space = SearchSpace.build(config.space, tuple(m.name for m in config.ordered_models),
-                                  tuple(layout.blocks), tuple(layout.components))
+                                  tuple(layout.blocks), tuple(layout.components), config.loras)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_parts(config, ckpts, layout)
+    loras = check_loras(config, ckpts[config.ordered_models[0].name])
     try:
         prompt_set = build_prompt_set(config)
     except (ValueError, OSError) as exc:
@@ -111,7 +113,32 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     if evaluator is None:
         evaluator = default_evaluator(config, family, sources, prompt_set)
     return Prepared(config=config, config_text=config_text, family=family, sources=tuple(sources), space=space,
-                    prompt_set=prompt_set, storage=storage, evaluator=evaluator)
+                    prompt_set=prompt_set, storage=storage, evaluator=evaluator, loras=loras)
+
+
+def check_loras(config: SearchConfig, base) -> tuple[Any, ...]:
+    """Each LoRA read and checked against the base (family, module names, shapes); LoraUse templates."""
+    from merge_core import CheckpointError
+    from merge_core.lora import lora_targets, read_lora
+    from merge_core.lora.apply import check_lora_family
+    from merge_core.recipe import LoraUse
+
+    if not config.loras:
+        return ()
+    targets = lora_targets(base)
+    out = []
+    for lo in config.loras:
+        path = config.resolve(lo.path)
+        if not path.is_file():
+            raise ConfigError(f"loras.{lo.name}: no such file {path}; fix the path (relative paths start at the "
+                              f"config's folder, {config.root})")
+        try:
+            lora = read_lora(path)
+            check_lora_family(lora, base.family, targets)
+        except (CheckpointError, OSError) as exc:
+            raise ConfigError(f"loras.{lo.name}: {exc}") from None
+        out.append(LoraUse(path=str(path.resolve()), sha256=lora.sha256, name=lo.name, strengths={}))
+    return tuple(out)
 
 
 def check_parts(config: SearchConfig, ckpts: dict, layout) -> None:

@@ -40,12 +40,16 @@ class SearchSpace:
     method: str = "affine"  # a merge method over a base and n models (merge_core.methods)
     # the method's parameters: a fixed value, or (lo, hi) searched per group
     method_params: tuple[tuple[str, float | tuple[float, float]], ...] = ()
+    # LoRAs searched beside the models: (name, {group: weight ids (blocks and/or TE)}, (lo, hi))
+    loras: tuple[tuple[str, dict[str, tuple[str, ...]], tuple[float, float]], ...] = ()
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
     def build(cls, spec: SpaceSpec, models: tuple[str, ...], blocks: tuple[str, ...],
-              components: tuple[str, ...]) -> SearchSpace:
-        """Raise ValueError (naming the config key) when groups or components do not fit the layout."""
+              components: tuple[str, ...], loras: tuple[Any, ...] = ()) -> SearchSpace:
+        """Raise ValueError (naming the config key) when groups or components do not fit the layout.
+
+        ``loras``: search.config.LoraSearchSpec entries (strength groups and bounds per LoRA)."""
         if spec.groups is None:
             groups = {b: (b,) for b in blocks}
         else:
@@ -80,9 +84,23 @@ class SearchSpace:
         if unknown_bounds:
             raise ValueError(f"space.bounds: no group named {sorted(unknown_bounds)}; groups are {list(groups)}")
         bounds = {g: tuple(spec.bounds.get(g, spec.default_bounds)) for g in groups}
+        lora_dims = []
+        for lora in loras:
+            if lora.groups is None:
+                lgroups = {g: ids for g, ids in groups.items() if g not in components}
+                lgroups["TE"] = ("TE",)
+            else:
+                lgroups = {}
+                for name, items in lora.groups.items():
+                    te = tuple(i for i in items if i == "TE")
+                    try:
+                        lgroups[name] = expand_blocks(tuple(i for i in items if i != "TE"), blocks) + te
+                    except ValueError as exc:
+                        raise ValueError(f"loras.{lora.name}.groups.{name}: {exc}") from None
+            lora_dims.append((lora.name, lgroups, tuple(lora.bounds)))
         return cls(models=tuple(models), parametrisation=spec.parametrisation, groups=groups, held=held,
                    bounds=bounds, weight_ids=tuple(blocks) + tuple(components), method=spec.method.name,
-                   method_params=tuple(spec.method.params.items()))
+                   method_params=tuple(spec.method.params.items()), loras=tuple(lora_dims))
 
     # ---- params ----------------------------------------------------------------------------------
     @property
@@ -99,7 +117,14 @@ class SearchSpace:
             else:
                 dims += [Dimension(f"{g}.u{k}", 0.0, 1.0) for k in range(1, self.n)]
             dims += [Dimension(f"{g}.{name}", lo, hi) for name, (lo, hi) in searched.items()]
+        for name, lgroups, (lo, hi) in self.loras:
+            dims += [Dimension(f"lora.{name}.{g}", lo, hi) for g in lgroups]
         return dims
+
+    def lora_strengths(self, params: Mapping[str, float]) -> dict[str, dict[str, float]]:
+        """LoRA name -> {weight id: strength} of a trial's params (weight ids in no group: absent = 0)."""
+        return {name: {wid: float(params[f"lora.{name}.{g}"]) for g, ids in lgroups.items() for wid in ids}
+                for name, lgroups, _ in self.loras}
 
     @property
     def searched_method_params(self) -> dict[str, tuple[float, float]]:
@@ -175,6 +200,8 @@ class SearchSpace:
                     v = 0.0 if rest <= 1e-12 else min(max(c / rest, 0.0), 1.0)
                     out[f"{g}.u{k}"] = 1.0 - (1.0 - v) ** (self.n - k)
                     rest *= 1.0 - v
+        for name, lgroups, (lo, hi) in self.loras:  # baselines: the LoRAs off (0 clipped into their bounds)
+            out.update({f"lora.{name}.{g}": min(max(0.0, lo), hi) for g in lgroups})
         return out
 
     def baselines(self) -> list[tuple[str, Params]]:
@@ -183,27 +210,31 @@ class SearchSpace:
         for i, m in enumerate(self.models):
             onehot = tuple(1.0 if j == i else 0.0 for j in range(self.n))
             out.append((f"parent:{m}", self.params_for_group_coefficients(onehot)))
-        out.append(("uniform", self.params_for_group_coefficients(tuple(1.0 / self.n for _ in range(self.n)))))
+        if self.n > 1:  # with one model the uniform merge is that model
+            out.append(("uniform", self.params_for_group_coefficients(tuple(1.0 / self.n for _ in range(self.n)))))
         return out
 
     # ---- recipe ----------------------------------------------------------------------------------
     def recipe(self, params: Mapping[str, float], *, family: Any, sources: tuple[Any, ...], dtype: str = "fp16",
-               seed: int | None = None, baseline: str | None = None) -> Any:
+               seed: int | None = None, baseline: str | None = None, loras: tuple[Any, ...] = ()) -> Any:
         """The Recipe of a trial's params. Baselines (each parent, the uniform merge) are always the
         plain linear (affine) merge, so they are the same models whatever method the search uses;
         other trials use the space's method, with held components at the method's identity values.
-        ``seed`` goes into recipes of random methods (DARE)."""
+        ``seed`` goes into recipes of random methods (DARE). ``loras``: merge_core.recipe.LoraUse per
+        searched LoRA (path, sha256, name; in config order), given this trial's strengths."""
         from merge_core import Recipe
         from merge_core.methods import get_method
 
         method = get_method(self.method)
+        strengths = self.lora_strengths(params)
+        uses = tuple(u.model_copy(update={"strengths": strengths[u.name]}) for u in loras)
         if baseline is not None or method.name == "affine":
             return Recipe(family=family, method="affine", sources=tuple(sources),
-                          weights=self.affine_weights(params), dtype=dtype, keep_ema=False)
+                          weights=self.affine_weights(params), dtype=dtype, keep_ema=False, loras=uses)
         group_of = {wid: g for g, ids in self.groups.items() for wid in ids}
         weights = {}
         for wid, coeffs in self.coefficients(params).items():
             values = self.method_values(params, group_of.get(wid))
             weights[wid] = tuple(coeffs[1:]) + tuple(values[p.name] for p in method.params)
         return Recipe(family=family, method=method.name, sources=tuple(sources), weights=weights, dtype=dtype,
-                      keep_ema=False, seed=seed if method.random else None)
+                      keep_ema=False, seed=seed if method.random else None, loras=uses)

@@ -179,3 +179,33 @@ def apply_loras_to_file(
             info["model"]["sha256"] = file_sha256(ckpt.path)
             writer.finish({"format": "pt", "mergesearch_loras": json.dumps(info)})
     return plan
+
+
+def recipe_lora_deltas(loras, ckpt, *, cache: dict | None = None, targets: dict | None = None) -> dict[str, list[Delta]]:
+    """Single-file key -> the deltas of a recipe's LoRAs (``Recipe.loras``) at their per-block strengths.
+
+    ``ckpt``: anything with ``.family``, ``.keys()``, ``.shape()`` (the merge's first source, or the
+    Mixer's key view). ``cache``: path -> LoraFile, so a worker reads each LoRA file once.
+    Raises CheckpointError when a LoRA file changed since the recipe (sha256), or does not fit.
+    """
+    family = Family(ckpt.family)
+    targets = targets if targets is not None else lora_targets(ckpt)
+    out: dict[str, list[Delta]] = {}
+    for use in loras:
+        lora = cache.get(use.path) if cache is not None else None
+        if lora is None:
+            lora = read_lora(use.path)
+            if use.sha256 and use.sha256 != lora.sha256:
+                raise CheckpointError(
+                    f"{lora.path}: sha256 {lora.sha256[:10]} differs from the recipe's {use.sha256[:10]}; the LoRA "
+                    "changed since the recipe was made — point the recipe at the original file"
+                )
+            check_lora_family(lora, family, targets)
+            if cache is not None:
+                cache[use.path] = lora
+        for name, module in lora.modules.items():
+            t = targets[name]
+            factor = float(use.strengths.get(t.block, 0.0))
+            if factor != 0.0:
+                out.setdefault(t.key, []).append(Delta(module, factor, t.rows, t.shape))
+    return out

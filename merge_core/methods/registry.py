@@ -125,7 +125,9 @@ class MergeMethod:
     def check_sources(self, n_sources: int) -> None:
         """Raise ValueError unless ``n_sources`` models fit this method."""
         if self.model_weights:
-            if n_sources < 2:
+            # a linear form over a base alone is the base (a search of one model and its LoRAs); the
+            # task-vector methods need at least one task vector
+            if n_sources < (1 if self.linear else 2):
                 raise ValueError(f"{self.name} needs a base and at least one more model, got {n_sources}")
         elif n_sources != len(self.roles):
             raise ValueError(

@@ -17,7 +17,15 @@ from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_ve
 from search.review import figures
 from search.review.report import category_comparison
 from search.review.run import ReviewError, RunFolder
-from search.review.trials import METRIC, OBJECTIVE, baselines, block_weights, completed, pick_trial, trial_recipe
+from search.review.trials import (
+    METRIC,
+    OBJECTIVE,
+    baselines,
+    block_weights,
+    completed,
+    pick_trial,
+    trial_recipe,
+)
 from search.trial_record import TrialRecord
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from search.trial_record import TrialRecord
 from pydantic import BaseModel, ConfigDict
 
 from search import trial_record as record
@@ -23,6 +22,7 @@ from search.review.trials import (
     trial_recipe,
     trial_table,
 )
+from search.trial_record import TrialRecord
 
 
 class ReportFiles(BaseModel):

@@ -39,7 +39,7 @@ def test_defaults_and_hash():
         ({"space": {"default_bounds": [0.2, 1.0]}}, "must include 0 and 1"),
         ({"budget": {}}, "t.yaml: budget: give `trials`, `hours` or both"),
         ({"objective": {"tagger": "clip"}}, "t.yaml: objective: give exactly one of `prompts`"),
-        ({"models": [{"name": "a", "path": "x"}]}, "t.yaml: models: Tuple should have at least 2 items"),
+        ({"models": [{"name": "a", "path": "x"}]}, "models: a search needs two models, or one model and a LoRA"),
         ({"base": "zzz"}, "base 'zzz' is not one of the models"),
         ({"workers": {"backend": "slurm"}}, "t.yaml: workers.backend:"),
         ({"space": {"components": {"VAE": "nobody"}}}, "space.components.VAE = 'nobody'"),
