@@ -130,3 +130,23 @@ def test_extracted_lora_loads_with_load_lora_weights(folders, tmp_path):
         theirs = getattr(pipe, name).state_dict()
         for k, v in ours.items():
             torch.testing.assert_close(theirs[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_and_benchmark_take_a_folder(folders, tmp_path, capsys):
+    """`inspect` and `benchmark` read a diffusers folder like its single file: same family and blocks,
+    same scores."""
+    import json
+
+    z, root = folders
+    assert main(["inspect", str(root / "base"), "--no-hash"]) == 0
+    shown = capsys.readouterr().out
+    assert "family      sd1" in shown and "diffusers" in shown
+    prompts = tmp_path / "set.json"
+    assert main(["prompts", "toyworld", "--n", "3", "--tags", "3", "-o", str(prompts)]) == 0
+    out = tmp_path / "bench"
+    args = ["--prompts", str(prompts), "--tagger", "toyworld", "--steps", "3", "--out", str(out)]
+    assert main(["benchmark", str(root / "base"), str(z["base"]), *args]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    values = [json.dumps(v.get("overall", v), sort_keys=True) for v in
+              (scores.values() if isinstance(scores, dict) else scores)]
+    assert len(values) == 2 and values[0] == values[1], scores
