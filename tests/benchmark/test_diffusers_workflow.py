@@ -150,3 +150,31 @@ def test_inspect_and_benchmark_take_a_folder(folders, tmp_path, capsys):
     values = [json.dumps(v.get("overall", v), sort_keys=True) for v in
               (scores.values() if isinstance(scores, dict) else scores)]
     assert len(values) == 2 and values[0] == values[1], scores
+
+
+def test_search_takes_a_folder_and_the_mixer_reads_it_like_the_file(folders, tmp_path):
+    from merge_core import Recipe, Source, file_sha256, layout_for
+    from search.config import parse_config
+    from search.mixer import Mixer
+    from search.runner import prepare
+
+    z, root = folders
+    cfg = parse_config({
+        "name": "folders", "renderer": "toyworld",
+        "models": [{"name": "base", "path": str(root / "base")}, {"name": "colorist", "path": str(z["colorist"])}],
+        "objective": {"vocabulary": "toyworld", "n": 2, "m": 2, "tagger": "toyworld"},
+        "budget": {"trials": 1}, "runs_dir": str(tmp_path / "runs"), "workers": {"backend": "local"},
+    })
+    prepared = prepare(cfg)
+    assert prepared.sources[0].sha256 == file_sha256(root / "base") and prepared.family == "sd1"
+    layout = layout_for("sd1")
+    weights = {w: (0.6,) for w in layout.weight_ids}
+    lives = []
+    for first in (root / "base", z["base"]):
+        recipe = Recipe(family="sd1", method="affine", sources=(Source(path=str(first)), Source(path=str(z["colorist"]))),
+                        weights=weights, dtype="fp32")
+        renderer = Renderer("toyworld")
+        Mixer(renderer, [str(first), str(z["colorist"])]).apply(recipe)
+        lives.append({n: m.state_dict() for n, m in renderer.modules.items()})
+    for name, sd in lives[0].items():
+        assert all(torch.equal(v, lives[1][name][k]) for k, v in sd.items()), name
