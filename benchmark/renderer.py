@@ -12,14 +12,18 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from benchmark.compile import COMPILE_OFF, compile_module, resolve_compile
 from benchmark.errors import BenchmarkError
+from benchmark.images import ImageBatch, to_uint8
+from benchmark.overlap import overlapped
 from benchmark.prompts import Prompt
 from benchmark.schedulers import make_scheduler
 from benchmark.settings import RenderSettings
@@ -157,6 +161,8 @@ class Renderer:
             self.pipeline = diffusers.StableDiffusionPipeline(
                 vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        self._unet = unet  # the live module (weights); pipeline.unet may be its compiled wrapper
+        self.compile_mode = COMPILE_OFF
         self.pipeline.to(device=self.device)
         if dtype != torch.float32:  # modules are built in fp32; cast only when asked (fp16 on GPU)
             self.pipeline.to(dtype=dtype)
@@ -170,8 +176,8 @@ class Renderer:
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
         """The live modules the Mixer writes into: unet, text_encoder(s), vae."""
-        names = ["unet", "text_encoder"] + (["text_encoder_2"] if self.family == "sdxl" else []) + ["vae"]
-        return {n: getattr(self.pipeline, n) for n in names}
+        names = ["text_encoder"] + (["text_encoder_2"] if self.family == "sdxl" else []) + ["vae"]
+        return {"unet": self._unet, **{n: getattr(self.pipeline, n) for n in names}}
 
     def convert(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """Single-file keys -> {module: {diffusers name: tensor}} (pure: the pipeline is not touched)."""
@@ -261,7 +267,80 @@ class Renderer:
             output_type="pil",
         )
 
+    # ------------------------------------------------------------------ compilation
+    def compile(self, mode: str = "auto") -> str:
+        """Compile the UNet for speed (`benchmark.compile` lists the modes); returns the mode in use.
+
+        The compiled wrapper shares the live parameters, so the Mixer's in-place writes reach it. Compiling
+        is lazy in torch: if the first call through the compiled UNet fails (no compiler, an unsupported
+        device or backend), the renderer warns once, goes back to the eager UNet and renders the batch
+        again; it never fails a trial for it.
+        """
+        chosen = resolve_compile(mode, self.device)
+        self.pipeline.unet = self._unet
+        self.compile_mode = COMPILE_OFF
+        if chosen == COMPILE_OFF:
+            return chosen
+        wrapped = compile_module(self._unet, chosen)
+        if wrapped is None:  # torch.compile itself refused (reported by compile_module)
+            return COMPILE_OFF
+        self.pipeline.unet = wrapped
+        self.compile_mode = chosen
+        return chosen
+
+    def _uncompile(self, exc: BaseException) -> None:
+        warnings.warn(f"render.compile={self.compile_mode!r}: compiling the UNet failed on {self.device} "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); rendering "
+                      "without compilation (set render.compile: off to silence this)", RuntimeWarning, stacklevel=3)
+        self.pipeline.unet = self._unet
+        self.compile_mode = COMPILE_OFF
+
+    # ------------------------------------------------------------------ rendering
     @torch.inference_mode()
+    def denoise(self, texts: Sequence[str], seeds: Sequence[int], settings: RenderSettings,
+                negative: str = "") -> torch.Tensor:
+        """The pipeline up to the final latents (text encoding, scheduler, UNet): float [n, 4, h, w] on the
+        renderer's device, still scaled by the VAE's scaling factor (what `decode` takes)."""
+        self._use_scheduler(settings)
+        kwargs = {**self.call_kwargs(texts, seeds, settings, negative), "output_type": "latent"}
+        if self.compile_mode == COMPILE_OFF:
+            return self.pipeline(**kwargs).images
+        try:
+            return self.pipeline(**kwargs).images
+        except Exception as exc:  # noqa: BLE001 - any failure of the compiled path falls back to eager once
+            self._uncompile(exc)
+            kwargs["generator"] = self.call_kwargs(texts, seeds, settings, negative)["generator"]  # fresh seeds
+            return self.pipeline(**kwargs).images
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents from `denoise` -> uint8 pixels [n, 3, H, W] on the renderer's device.
+
+        The same operations, in the same dtypes, as the diffusers pipeline's own decode and PIL
+        post-processing (SDXL: fp16 VAEs with `force_upcast` decode in fp32; latents_mean/std when the
+        VAE config has them), so the pixels equal the pipeline's `output_type="pil"` images.
+        """
+        vae = self.pipeline.vae
+        if self.family != "sdxl":
+            return to_uint8(vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0])
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(dtype=torch.float32)
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        try:
+            image = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+        return to_uint8(image)
+
     def render(self, prompts: Sequence[Prompt | str], settings: RenderSettings | None = None, *,
                seeds: Sequence[int] | None = None, prefix: str = "", negative: str = "") -> list[Image.Image]:
         """One image per prompt; `Prompt`s carry their seed, plain strings need `seeds`."""
@@ -269,16 +348,34 @@ class Renderer:
         if not prompts:
             return []
         texts, seeds = _texts_and_seeds(prompts, seeds, prefix)
-        self._use_scheduler(settings)
-        return list(self.pipeline(**self.call_kwargs(texts, seeds, settings, negative)).images)
+        return list(ImageBatch(self.decode(self.denoise(texts, seeds, settings, negative))))
 
     def render_batches(self, prompts: Sequence[Prompt | str], settings: RenderSettings | None = None,
                        batch_size: int = 8, *, seeds: Sequence[int] | None = None, prefix: str = "",
-                       negative: str = "") -> Iterator[list[Image.Image]]:
-        """`render` in batches of `batch_size`, yielding each batch's images as soon as they exist."""
+                       negative: str = "", overlap: bool = False) -> Iterator[ImageBatch]:
+        """`render` in batches of `batch_size`, yielding each batch's images as soon as they exist
+        (with `overlap`, batch k is decoded while batch k+1 denoises; the images are the same)."""
+        return self.decoded_batches(prompts, settings, batch_size, seeds=seeds, prefix=prefix, negative=negative,
+                                    then=lambda pixels: ImageBatch(pixels), overlap=overlap)
+
+    def decoded_batches(self, prompts: Sequence[Prompt | str], settings: RenderSettings | None = None,
+                        batch_size: int = 8, *, then: Callable[[torch.Tensor], Any], seeds: Sequence[int] | None = None,
+                        prefix: str = "", negative: str = "", overlap: bool = False) -> Iterator[Any]:
+        """For each batch: `then(pixels)`, pixels = uint8 [n, 3, H, W] on the renderer's device.
+
+        With `overlap`, decoding and `then` (conversion, tagging) of batch k run on a worker thread (and,
+        on CUDA, a second stream) while batch k+1 denoises; results come in batch order either way.
+        Closing the iterator early waits for the batch in flight (see `benchmark.overlap`).
+        """
+        settings = settings or RenderSettings()
         texts, seeds = _texts_and_seeds(prompts, seeds, prefix)
-        for i in range(0, len(texts), max(1, batch_size)):
-            yield self.render(texts[i:i + batch_size], settings, seeds=seeds[i:i + batch_size], negative=negative)
+        step = max(1, batch_size)
+
+        def latents() -> Iterator[torch.Tensor]:
+            for i in range(0, len(texts), step):
+                yield self.denoise(texts[i:i + step], seeds[i:i + step], settings, negative)
+
+        return overlapped(latents(), lambda z: then(self.decode(z)), enabled=overlap, device=self.device)
 
 
 def _texts_and_seeds(prompts: Sequence[Prompt | str], seeds: Sequence[int] | None,

@@ -145,8 +145,19 @@ class SpaceSpec(_Frozen):
         return self
 
 
+# RenderSpec fields that change how fast images are made, not which images: left out of the study's
+# identity (a study may be resumed with another compile mode or batch) and of RenderSettings.
+RENDER_SPEED_FIELDS = ("compile", "overlap", "batch")
+
+
 class RenderSpec(_Frozen):
-    """benchmark.RenderSettings fields; None keeps the renderer's default (e.g. the family's native size)."""
+    """benchmark.RenderSettings fields; None keeps the renderer's default (e.g. the family's native size).
+
+    Speed only (RENDER_SPEED_FIELDS): `compile` (benchmark.compile: off, auto, a torch.compile mode or a
+    dynamo backend; falls back to eager with one warning where it cannot compile), `overlap` (decode and
+    tag batch k while batch k+1 denoises; auto = on CUDA), `batch` (prompts per pipeline call; auto =
+    chosen for the device, `objective.batch_size` on CPU; scores do not depend on it).
+    """
 
     scheduler: str | None = None
     steps: int = Field(default=20, ge=1)
@@ -154,6 +165,27 @@ class RenderSpec(_Frozen):
     width: int | None = Field(default=None, ge=8)
     height: int | None = Field(default=None, ge=8)
     clip_skip: int | None = Field(default=None, ge=1)
+    compile: str = "off"
+    overlap: Literal["auto", "on", "off"] = "auto"
+    batch: int | Literal["auto"] = Field(default="auto")
+
+    @field_validator("compile")
+    @classmethod
+    def _known_compile(cls, value: str) -> str:
+        from benchmark.compile import check_compile
+
+        return check_compile(value)
+
+    @field_validator("batch")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"batch {value}: write a positive number of prompts per pipeline call, or auto")
+        return value
+
+    def settings(self) -> dict[str, Any]:
+        """The benchmark.RenderSettings keyword arguments (what decides the images)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and k not in RENDER_SPEED_FIELDS}
 
 
 class ObjectiveSpec(_Frozen):
@@ -279,7 +311,7 @@ class SearchConfig(_Frozen):
             "family": self.family,
             "renderer": self.renderer,
             "space": self.space.model_dump(mode="json"),
-            "objective": self.objective.model_dump(mode="json"),
+            "objective": self.objective.model_dump(mode="json", exclude={"render": set(RENDER_SPEED_FIELDS)}),
             **({"loras": [lo.model_dump(mode="json") for lo in self.loras]} if self.loras else {}),
         }
 

@@ -12,6 +12,7 @@ import inspect
 import io
 import math
 import time
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -53,11 +54,33 @@ class BenchmarkEvaluator:
             options["device"] = str(dev)
         self.tagger = get_tagger(tagger, **options)
         self.prompt_set = PromptSet.model_validate_json(prompt_set)
-        self.settings = RenderSettings(**{k: v for k, v in (render or {}).items() if v is not None})
+        render = dict(render or {})
+        speed = {k: render.pop(k) for k in ("compile", "overlap", "batch") if k in render}
+        self.settings = RenderSettings(**{k: v for k, v in render.items() if v is not None})
         self.batch_size = batch_size
-        self.benchmarks = {split: Benchmark(self.prompt_set, split, self.tagger, self.settings, batch_size=batch_size)
-                           for split in ("search", "holdout") if self.prompt_set.prompts(split)}
+        self.compile_mode = self.renderer.compile(speed.get("compile") or "off")
+        overlap = {"on": True, "off": False}.get(speed.get("overlap") or "auto")  # None = on CUDA only
+        splits = [s for s in ("search", "holdout") if self.prompt_set.prompts(s)]
+        self.render_batch = self._render_batch(speed.get("batch") or "auto",
+                                               max((len(self.prompt_set.prompts(s)) for s in splits), default=1))
+        self.benchmarks = {split: Benchmark(self.prompt_set, split, self.tagger, self.settings, batch_size=batch_size,
+                                            render_batch=self.render_batch, overlap=overlap)
+                           for split in splits}
         self.sheet_images = sheet_images
+
+    def _render_batch(self, batch: int | str, n_prompts: int) -> int:
+        if batch != "auto":
+            return int(batch)
+        import torch
+
+        from benchmark.batching import choose_render_batch
+
+        size = self.renderer.native_size()
+        vae = self.renderer.modules["vae"]
+        upcast = self.renderer.family == "sdxl" and vae.dtype == torch.float16 and vae.config.force_upcast
+        return choose_render_batch(device=self.renderer.device, height=self.settings.height or size,
+                                   width=self.settings.width or size, step=self.batch_size, n_prompts=n_prompts,
+                                   decode_bytes=4 if upcast or vae.dtype == torch.float32 else 2)
 
     def evaluate(self, task: EvalTask) -> EvalResult:
         from benchmark import contact_sheet
@@ -77,19 +100,12 @@ class BenchmarkEvaluator:
         partial: list[float] = []
         t0 = time.perf_counter()
         score = images = None
-        for step, (score, images) in enumerate(bench.evaluate_batches(self.renderer)):
-            new = images[step * self.batch_size:]
-            blank = sum(_blank(im) for im in new)
-            if blank:
-                return EvalResult(**head, status="failed", apply_seconds=apply_seconds,
-                                  render_seconds=time.perf_counter() - t0, intermediate=tuple(partial),
-                                  error=f"{blank} of {len(new)} images in batch {step} are blank or non-finite")
-            partial.append(float(score.overall))
-            bar = task.prune_below[step] if step < len(task.prune_below) else None
-            if bar is not None and score.overall < bar and step < n_batches - 1:
-                spent = time.perf_counter() - t0
-                return EvalResult(**head, status="pruned", intermediate=tuple(partial), render_seconds=spent,
-                                  apply_seconds=apply_seconds, saved_seconds=spent / (step + 1) * (n_batches - step - 1))
+        batches = bench.evaluate_batches(self.renderer)
+        with closing(batches):  # a pruned trial waits here for the batch still in flight
+            for step, (score, images) in enumerate(batches):
+                result = self._after_batch(head, task, step, n_batches, score, images, partial, t0, apply_seconds)
+                if result is not None:
+                    return result
         render_seconds = time.perf_counter() - t0
         if not math.isfinite(score.overall):
             return EvalResult(**head, status="failed", error="the score is not a finite number")
@@ -102,6 +118,24 @@ class BenchmarkEvaluator:
                           prompt_scores=per_prompt, categories=dict(score.category_recall),
                           intermediate=tuple(partial), render_seconds=render_seconds, apply_seconds=apply_seconds,
                           sheet=_webp(sheet))
+
+
+    def _after_batch(self, head: dict, task: EvalTask, step: int, n_batches: int, score: Any, images: Any,
+                     partial: list[float], t0: float, apply_seconds: float) -> EvalResult | None:
+        """A failed or pruned result after score step `step`, or None to go on."""
+        new = images[step * self.batch_size:]
+        blank = sum(_blank(new.array(i) if hasattr(new, "array") else new[i]) for i in range(len(new)))
+        if blank:
+            return EvalResult(**head, status="failed", apply_seconds=apply_seconds,
+                              render_seconds=time.perf_counter() - t0, intermediate=tuple(partial),
+                              error=f"{blank} of {len(new)} images in batch {step} are blank or non-finite")
+        partial.append(float(score.overall))
+        bar = task.prune_below[step] if step < len(task.prune_below) else None
+        if bar is not None and score.overall < bar and step < n_batches - 1:
+            spent = time.perf_counter() - t0
+            return EvalResult(**head, status="pruned", intermediate=tuple(partial), render_seconds=spent,
+                              apply_seconds=apply_seconds, saved_seconds=spent / (step + 1) * (n_batches - step - 1))
+        return None
 
 
 def _accepts_device(target: str) -> bool:

@@ -173,7 +173,7 @@ def check_objective(config: SearchConfig) -> None:
     if o.tagger not in TAGGERS:
         raise ConfigError(f"objective.tagger: unknown tagger {o.tagger!r}; choose one of {', '.join(sorted(TAGGERS))}")
     try:
-        RenderSettings(**{k: v for k, v in o.render.model_dump().items() if v is not None})
+        RenderSettings(**o.render.settings())
     except ValueError as exc:
         raise ConfigError(f"objective.render: {str(exc).splitlines()[0]}") from None
     if config.renderer is not None:

@@ -25,7 +25,13 @@ def benchmark_hash(config: dict[str, Any] | None) -> str | None:
     the renderer and the family. Two runs with the same hash scored trials the same way."""
     if not config or "objective" not in config:
         return None
+    from search.config import RENDER_SPEED_FIELDS
+
     part = {k: config.get(k) for k in ("objective", "renderer", "family")}
+    render = (part["objective"] or {}).get("render") if isinstance(part["objective"], dict) else None
+    if isinstance(render, dict):  # speed settings (compile, overlap, batch) do not change the score
+        part["objective"] = {**part["objective"],
+                             "render": {k: v for k, v in render.items() if k not in RENDER_SPEED_FIELDS}}
     blob = json.dumps(part, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

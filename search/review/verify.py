@@ -91,7 +91,7 @@ def build_search_benchmark(study: optuna.Study) -> tuple[Any, Any]:
                         dtype=torch.float16 if device.type == "cuda" else torch.float32)
     options = dict(o.tagger_options)
     tagger = get_tagger(o.tagger, **options)
-    settings = RenderSettings(**{k: v for k, v in o.render.model_dump().items() if v is not None})
+    settings = RenderSettings(**o.render.settings())
     return renderer, Benchmark(prompt_set, "search", tagger, settings, batch_size=o.batch_size)
 
 
