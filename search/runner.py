@@ -14,7 +14,7 @@ from search.config import ConfigError, SearchConfig
 from search.loop import LoopOptions, LoopStats, SearchLoop
 from search.rundir import RunInfo, write_run
 from search.space import SearchSpace
-from search.storage import StorageError, make_storage
+from search.storage import StorageError, check_storage, make_storage
 from search.study import OpenedStudy, open_study, study_attrs
 from search.workers import EvaluatorSpec, LocalPool, RayPool, WorkerPool
 
@@ -27,7 +27,7 @@ class Prepared:
     sources: tuple[Any, ...]  # merge_core.Source, base first
     space: SearchSpace
     prompt_set: Any  # benchmark.PromptSet
-    storage: optuna.storages.RDBStorage
+    storage: optuna.storages.RDBStorage | None  # None in a dry run
     evaluator: EvaluatorSpec
     loras: tuple[Any, ...] = ()  # merge_core.recipe.LoraUse per searched LoRA (strengths filled per trial)
 
@@ -63,8 +63,10 @@ def build_prompt_set(config: SearchConfig) -> Any:
     return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed)
 
 
-def prepare(config: SearchConfig, *, config_text: str = "", evaluator: EvaluatorSpec | None = None) -> Prepared:
-    """Everything that can be wrong is found here, before a worker starts or a trial is asked."""
+def prepare(config: SearchConfig, *, config_text: str = "", evaluator: EvaluatorSpec | None = None,
+            open_storage: bool = True) -> Prepared:
+    """Everything that can be wrong is found here, before a worker starts or a trial is asked.
+    `open_storage=False` (the dry run) checks the storage URL but neither creates nor opens it."""
     from benchmark import BenchmarkError
     from benchmark.renderer import check_renderable
     from merge_core import CheckpointError, Source, layout_for, open_checkpoint
@@ -107,7 +109,12 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     if config.workers.backend == "local" and config.workers.count != 1:
         raise ConfigError("workers.count: the local backend runs one in-process worker; use backend: ray for more")
     try:
-        storage = make_storage(config.storage_url)
+        if open_storage:
+            storage = make_storage(config.storage_url)
+        else:  # a server is only connected to; a SQLite file would be created by the check, so it is not made
+            if not config.storage_url.startswith("sqlite"):
+                check_storage(config.storage_url)
+            storage = None
     except StorageError as exc:
         raise ConfigError(str(exc)) from None
     if evaluator is None:

@@ -30,6 +30,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fork", action="store_true",
                    help="the stored study has another space or benchmark: start a new study beside it")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the search dimensions, bounds and parameter count, measure a few batches and print "
+                        "seconds per trial and trials per hour on this machine; run nothing, write nothing")
+    p.add_argument("--no-measure", action="store_true", help="with --dry-run: print the space only")
+    p.add_argument("--measure-batches", type=int, default=2, metavar="N",
+                   help="with --dry-run: render batches timed after one warm-up batch (default 2)")
     p.set_defaults(handler=run)
     return p
 
@@ -49,12 +55,18 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, arg) for arg, key in OVERRIDES.items() if getattr(args, arg, None) is not None}
     t0 = time.time()
+    dry = getattr(args, "dry_run", False)
     try:
         config = load_config(args.config, overrides=overrides)
-        prepared = prepare(config, config_text=args.config.read_text())
+        prepared = prepare(config, config_text=args.config.read_text(), open_storage=not dry)
     except ConfigError as exc:
         print(f"mergesearch search: {exc}", file=sys.stderr)
         return 2
+    if dry:
+        from search.dryrun import dry_run
+
+        dry_run(prepared, measure=not args.no_measure, batches=args.measure_batches, out=sys.stdout)
+        return 0
     view = None if args.quiet else LiveView(budget_trials=config.budget.trials, budget_hours=config.budget.hours)
     holder: dict = {}
     previous = signal.getsignal(signal.SIGINT)

@@ -92,8 +92,8 @@ def scale_run(args, key: str, device: torch.device, dtype: torch.dtype) -> None:
     family, size, batch = SCALES[key]
     size = args.size or size
     batch = args.batch or batch
-    if key == "toy":
-        size = 32
+    if key == "toy":  # the toy world's native size; its search batch on a CPU, the whole split on a GPU
+        size, batch = 32, args.batch or (64 if device.type == "cuda" else 8)
     n = args.prompts or 2 * batch
     t0 = time.perf_counter()
     renderer = build(family, device, dtype)
@@ -177,7 +177,7 @@ def toy_trial(args, device: torch.device) -> None:
             for b in ev.benchmarks.values():
                 b.tagger = _PilOnly(ev.tagger)
         evaluators[label] = ev
-    task = EvalTask(task_id="perf", trial_number=0, split="search", recipe=recipe_json)
+    task = EvalTask(task_id=0, trial_number=0, split="search", recipe=recipe_json)
     for ev in evaluators.values():
         ev.evaluate(task)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in evaluators}
@@ -238,7 +238,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     args.tagger = args.tagger or ("ViT-L-14" if device.type == "cuda" else "ViT-B-32")
-    scales = args.scales.split(",") if args.scales else (
+    scales = [s for s in args.scales.split(",") if s not in ("", "none")] if args.scales is not None else (
         ["sd15", "sdxl", "toy"] if device.type == "cuda" or args.sdxl else ["sd15", "toy"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"device: {name}; torch {torch.__version__}")

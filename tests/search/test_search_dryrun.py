@@ -1,0 +1,57 @@
+"""`mergesearch search --dry-run`: the space and the measured cost, with nothing written."""
+
+import re
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from benchmark.toyworld import random_checkpoint
+from search.cli import main
+
+
+@pytest.fixture(scope="module")
+def toy_cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dry")
+    models = {n: random_checkpoint(root / f"{n}.safetensors", seed=i) for i, n in enumerate(("base", "a", "b"))}
+    from benchmark.toyworld.tagger import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tagger.safetensors")
+    cfg = {
+        "name": "dry", "renderer": "toyworld", "runs_dir": str(root / "runs"),
+        "models": [{"name": n, "path": str(p)} for n, p in models.items()],
+        "space": {"groups": {"IN": ["IN00-IN11"], "MID": ["M00"], "OUT": ["OUT00-OUT11"]},
+                  "bounds": {"MID": [-0.5, 1.5]}, "components": {"TE": "search", "VAE": "base"}},
+        "objective": {"vocabulary": "toyworld", "n": 6, "m": 2, "tagger": "toyworld",
+                      "tagger_options": {"weights": str(root / "tagger.safetensors")},
+                      "render": {"steps": 2}, "batch_size": 2},
+        "budget": {"trials": 30}, "workers": {"torch_threads": 1},
+    }
+    path = root / "dry.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, path
+
+
+def test_dry_run_prints_dimensions_bounds_count_and_cost_and_writes_nothing(toy_cfg, capsys):
+    root, path = toy_cfg
+    assert main(["search", str(path), "--dry-run", "--measure-batches", "1"]) == 0
+    out = capsys.readouterr().out
+    # Groups IN, MID, OUT and the searched TE; VAE held from base: 4 groups x 2 partners (a, b) = 8.
+    assert "parameters: 8" in out and "4 group(s), 8 dimension(s)" in out
+    assert re.search(r"MID\.a\s+\[-0\.5, 1\.5\]", out) and re.search(r"OUT\.b\s+\[0, 1\]", out)
+    assert "group IN: IN00-IN11" in out and "VAE: held from base" in out
+    per_trial = float(re.search(r"([\d.]+) s per trial", out)[1])
+    per_hour = float(re.search(r"= (\d+) trials per hour", out)[1])
+    assert per_trial > 0 and abs(per_hour - 3600 / per_trial) <= 0.01 * per_hour + 1
+    assert "render batch 2" in out  # CPU: the score step
+    assert not (root / "runs").exists()  # no run folder, no study
+
+
+def test_dry_run_without_measuring(toy_cfg, capsys):
+    _root, path = toy_cfg
+    assert main(["search", str(path), "--dry-run", "--no-measure"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 8" in out and "per trial" not in out
