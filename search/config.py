@@ -101,6 +101,8 @@ class SpaceSpec(_Frozen):
     method: MethodSpec = Field(default_factory=MethodSpec)
     # group name -> block ids or ranges ("IN00-IN03"); omitted = one group per UNet block
     groups: dict[str, tuple[str, ...]] | None = None
+    # a named grouping instead of `groups` (search.presets: in-mid-out, depth4, blocks, *-attn-conv)
+    preset: str | None = None
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     default_bounds: tuple[float, float] = (0.0, 1.0)
     # component (TE, VAE) -> "search" (its own dimension) or the name of the model it is held from
@@ -120,6 +122,21 @@ class SpaceSpec(_Frozen):
         if not value[0] < value[1]:
             raise ValueError(f"default_bounds are inverted or empty: {list(value)}; write [low, high] with low < high")
         return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None:
+            from search.presets import get_preset
+
+            get_preset(value)  # ValueError naming the closest preset
+        return value
+
+    @model_validator(mode="after")
+    def _groups_or_preset(self) -> SpaceSpec:
+        if self.groups is not None and self.preset is not None:
+            raise ValueError(f"give `groups` or `preset` ({self.preset!r}), not both")
+        return self
 
     @model_validator(mode="after")
     def _weights_fit_method(self) -> SpaceSpec:

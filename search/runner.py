@@ -96,7 +96,8 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     layout = layout_for(family)
     try:
         space = SearchSpace.build(config.space, tuple(m.name for m in config.ordered_models),
-                                  tuple(layout.blocks), tuple(layout.components), config.loras)
+                                  tuple(layout.blocks), tuple(layout.components), config.loras,
+                                  attention_blocks=_attention_blocks(config, layout, sources))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_parts(config, ckpts, layout)
@@ -169,6 +170,18 @@ def check_parts(config: SearchConfig, ckpts: dict, layout) -> None:
                    if block in layout.components and held == "search" else "")
             raise ConfigError(f"models.{name}: {ckpt.path} has no key {key!r} ({part}) that model {other!r} has; "
                               f"the search merges it from every model — use a full checkpoint{fix}")
+
+
+def _attention_blocks(config: SearchConfig, layout: Any, sources: list[Any]) -> frozenset[str] | None:
+    """Blocks of the base checkpoint that hold attention keys, for an attn-conv preset (else None)."""
+    from merge_core import open_checkpoint
+    from search.presets import get_preset, is_attention_key
+
+    if config.space.preset is None or not get_preset(config.space.preset).split:
+        return None
+    keys = open_checkpoint(sources[0].path).keys()
+    return frozenset(b for k in keys if k.startswith("model.diffusion_model.") and is_attention_key(k)
+                     and (b := layout.block_of(k)) is not None)
 
 
 def check_objective(config: SearchConfig) -> None:

@@ -11,7 +11,7 @@ Two parametrisations over n models (sources[0] is the base):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from search.config import SpaceSpec, expand_blocks
@@ -42,15 +42,39 @@ class SearchSpace:
     method_params: tuple[tuple[str, float | tuple[float, float]], ...] = ()
     # LoRAs searched beside the models: (name, {group: weight ids (blocks and/or TE)}, (lo, hi))
     loras: tuple[tuple[str, dict[str, tuple[str, ...]], tuple[float, float]], ...] = ()
+    # groups searched for the attention keys of their blocks only (search.presets *-attn-conv); they
+    # become per-key rules of the recipe, over the block weight of their `_conv` twin
+    attention: tuple[str, ...] = field(default=())
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
     def build(cls, spec: SpaceSpec, models: tuple[str, ...], blocks: tuple[str, ...],
-              components: tuple[str, ...], loras: tuple[Any, ...] = ()) -> SearchSpace:
+              components: tuple[str, ...], loras: tuple[Any, ...] = (), *,
+              attention_blocks: frozenset[str] | None = None) -> SearchSpace:
         """Raise ValueError (naming the config key) when groups or components do not fit the layout.
 
-        ``loras``: search.config.LoraSearchSpec entries (strength groups and bounds per LoRA)."""
-        if spec.groups is None:
+        ``loras``: search.config.LoraSearchSpec entries (strength groups and bounds per LoRA).
+        `attention_blocks`: the blocks that hold attention keys (from the checkpoints); an attn-conv
+        preset splits only the groups that have one (None = split every group)."""
+        attention: list[str] = []
+        if spec.preset is not None:
+            from search.presets import KIND_SUFFIX, get_preset
+
+            preset = get_preset(spec.preset)
+            try:
+                base_groups = preset.groups(tuple(blocks))
+            except ValueError as exc:
+                raise ValueError(f"space.preset: {exc}") from None
+            groups = {}
+            for name, ids in base_groups.items():
+                has_attention = attention_blocks is None or any(b in attention_blocks for b in ids)
+                if preset.split and has_attention:
+                    groups[name + KIND_SUFFIX["attn"]] = ids
+                    groups[name + KIND_SUFFIX["conv"]] = ids
+                    attention.append(name + KIND_SUFFIX["attn"])
+                else:
+                    groups[name] = ids
+        elif spec.groups is None:
             groups = {b: (b,) for b in blocks}
         else:
             groups = {}
@@ -87,7 +111,8 @@ class SearchSpace:
         lora_dims = []
         for lora in loras:
             if lora.groups is None:
-                lgroups = {g: ids for g, ids in groups.items() if g not in components}
+                # the space's groups (an attn-conv split's `_conv` group stands for its blocks)
+                lgroups = {g: ids for g, ids in groups.items() if g not in components and g not in attention}
                 lgroups["TE"] = ("TE",)
             else:
                 lgroups = {}
@@ -100,7 +125,8 @@ class SearchSpace:
             lora_dims.append((lora.name, lgroups, tuple(lora.bounds)))
         return cls(models=tuple(models), parametrisation=spec.parametrisation, groups=groups, held=held,
                    bounds=bounds, weight_ids=tuple(blocks) + tuple(components), method=spec.method.name,
-                   method_params=tuple(spec.method.params.items()), loras=tuple(lora_dims))
+                   method_params=tuple(spec.method.params.items()), loras=tuple(lora_dims),
+                   attention=tuple(attention))
 
     # ---- params ----------------------------------------------------------------------------------
     @property
@@ -161,6 +187,8 @@ class SearchSpace:
         """One linear coefficient per model for every weight id, in layout order."""
         out: dict[str, tuple[float, ...]] = {}
         for g, ids in self.groups.items():
+            if g in self.attention:  # per-key rules (attention_rules), not block weights
+                continue
             c = self.group_coefficients(params, g)
             for wid in ids:
                 out[wid] = c
@@ -172,10 +200,37 @@ class SearchSpace:
         """The Recipe's `affine` weights: the non-base coefficients."""
         return {wid: c[1:] for wid, c in self.coefficients(params).items()}
 
+    def attention_coefficients(self, params: Mapping[str, float]) -> dict[str, tuple[float, ...]]:
+        """Attention groups only: {group: one coefficient per model} for the attention keys of its blocks."""
+        return {g: self.group_coefficients(params, g) for g in self.attention}
+
     def negative_mass(self, params: Mapping[str, float]) -> float:
-        """Mean over weight ids of the summed magnitude of negative coefficients (0 inside the simplex)."""
-        coeffs = self.coefficients(params).values()
-        return sum(sum(-x for x in c if x < 0) for c in coeffs) / max(len(self.weight_ids), 1)
+        """Mean over weight ids (and attention parts) of the summed magnitude of negative coefficients
+        (0 inside the simplex)."""
+        coeffs = list(self.coefficients(params).values())
+        for g, c in self.attention_coefficients(params).items():
+            coeffs += [c] * len(self.groups[g])
+        n = len(self.weight_ids) + sum(len(self.groups[g]) for g in self.attention)
+        return sum(sum(-x for x in c if x < 0) for c in coeffs) / max(n, 1)
+
+    def attention_rules(self, params: Mapping[str, float], *, method: Any = None) -> tuple[Any, ...]:
+        """merge_core ElementalEntry rules giving the attention keys of each attention group's blocks their
+        own parameter vector (the affine weights, then `method`'s parameters for that group when given);
+        later rules win over the block weight."""
+        from merge_core.elemental import ElementalEntry
+        from search.presets import ATTENTION_ELEMENTS
+
+        rules = []
+        for g, c in self.attention_coefficients(params).items():
+            ids = tuple(self.groups[g])
+            ratio = tuple(float(x) for x in c[1:])
+            if method is not None:
+                values = self.method_values(params, g)
+                ratio += tuple(float(values[p.name]) for p in method.params)
+            rules.append(ElementalEntry(blocks=ids, elements=ATTENTION_ELEMENTS, ratio=ratio,
+                                        text=f"{' '.join(ids)}:{' '.join(ATTENTION_ELEMENTS)}:"
+                                             f"{'/'.join(f'{x:g}' for x in ratio)}"))
+        return tuple(rules)
 
     # ---- baselines -------------------------------------------------------------------------------
     def params_for_group_coefficients(self, target: tuple[float, ...]) -> dict[str, float]:
@@ -230,11 +285,13 @@ class SearchSpace:
         uses = tuple(u.model_copy(update={"strengths": strengths[u.name]}) for u in loras)
         if baseline is not None or method.name == "affine":
             return Recipe(family=family, method="affine", sources=tuple(sources),
-                          weights=self.affine_weights(params), dtype=dtype, keep_ema=False, loras=uses)
-        group_of = {wid: g for g, ids in self.groups.items() for wid in ids}
+                          weights=self.affine_weights(params), dtype=dtype, keep_ema=False, loras=uses,
+                          elemental=self.attention_rules(params))
+        group_of = {wid: g for g, ids in self.groups.items() if g not in self.attention for wid in ids}
         weights = {}
         for wid, coeffs in self.coefficients(params).items():
             values = self.method_values(params, group_of.get(wid))
             weights[wid] = tuple(coeffs[1:]) + tuple(values[p.name] for p in method.params)
         return Recipe(family=family, method=method.name, sources=tuple(sources), weights=weights, dtype=dtype,
-                      keep_ema=False, seed=seed if method.random else None, loras=uses)
+                      keep_ema=False, seed=seed if method.random else None, loras=uses,
+                      elemental=self.attention_rules(params, method=method))

@@ -23,8 +23,8 @@ def toy_cfg(tmp_path_factory):
     cfg = {
         "name": "dry", "renderer": "toyworld", "runs_dir": str(root / "runs"),
         "models": [{"name": n, "path": str(p)} for n, p in models.items()],
-        "space": {"groups": {"IN": ["IN00-IN11"], "MID": ["M00"], "OUT": ["OUT00-OUT11"]},
-                  "bounds": {"MID": [-0.5, 1.5]}, "components": {"TE": "search", "VAE": "base"}},
+        "space": {"preset": "in-mid-out-attn-conv", "bounds": {"MID_conv": [-0.5, 1.5]},
+                  "components": {"TE": "search", "VAE": "base"}},
         "objective": {"vocabulary": "toyworld", "n": 6, "m": 2, "tagger": "toyworld",
                       "tagger_options": {"weights": str(root / "tagger.safetensors")},
                       "render": {"steps": 2}, "batch_size": 2},
@@ -39,10 +39,18 @@ def test_dry_run_prints_dimensions_bounds_count_and_cost_and_writes_nothing(toy_
     root, path = toy_cfg
     assert main(["search", str(path), "--dry-run", "--measure-batches", "1"]) == 0
     out = capsys.readouterr().out
-    # Groups IN, MID, OUT and the searched TE; VAE held from base: 4 groups x 2 partners (a, b) = 8.
-    assert "parameters: 8" in out and "4 group(s), 8 dimension(s)" in out
-    assert re.search(r"MID\.a\s+\[-0\.5, 1\.5\]", out) and re.search(r"OUT\.b\s+\[0, 1\]", out)
-    assert "group IN: IN00-IN11" in out and "VAE: held from base" in out
+    # in-mid-out split into attention and the rest wherever the toy UNet has attention (the toy's
+    # spatial transformers, found from its keys), plus the searched TE; VAE held from base. x 2 partners.
+    from merge_core import load_state_dict
+
+    keys = [k for k in load_state_dict(root / "base.safetensors") if ".transformer_blocks." in k]
+    split = {g for g, pre in (("IN", "input_blocks"), ("MID", "middle_block"), ("OUT", "output_blocks"))
+             if any(k.startswith(f"model.diffusion_model.{pre}.") for k in keys)}
+    n_dims = 2 * (3 + len(split) + 1)
+    assert split == {"IN", "MID", "OUT"}  # the toy world has the SD1 topology
+    assert f"parameters: {n_dims}" in out and f"{3 + len(split) + 1} group(s), {n_dims} dimension(s)" in out
+    assert re.search(r"MID_conv\.a\s+\[-0\.5, 1\.5\]", out) and re.search(r"OUT_attn\.b\s+\[0, 1\]", out)
+    assert "group IN_attn: IN00-IN11" in out and "VAE: held from base" in out
     per_trial = float(re.search(r"([\d.]+) s per trial", out)[1])
     per_hour = float(re.search(r"= (\d+) trials per hour", out)[1])
     assert per_trial > 0 and abs(per_hour - 3600 / per_trial) <= 0.01 * per_hour + 1
@@ -54,4 +62,4 @@ def test_dry_run_without_measuring(toy_cfg, capsys):
     _root, path = toy_cfg
     assert main(["search", str(path), "--dry-run", "--no-measure"]) == 0
     out = capsys.readouterr().out
-    assert "parameters: 8" in out and "per trial" not in out
+    assert "parameters: 14" in out and "per trial" not in out
