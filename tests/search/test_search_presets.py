@@ -109,3 +109,23 @@ def test_unknown_preset_is_a_config_error_naming_the_closest():
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
     return {n: tiny_sd1(root / f"{n}.safetensors", seed=i) for i, n in enumerate(("base", "a", "b"))}
+
+
+def test_attn_conv_preset_with_ties_gives_each_part_its_own_method_parameters():
+    layout = layout_for("sd1")
+    spec = SpaceSpec(preset="depth4-attn-conv", default_bounds=(0.0, 1.2), components={"TE": "a", "VAE": "a"},
+                     method={"name": "TIES", "params": {"density": (0.1, 0.9), "lambda": 1.5}})
+    space = SearchSpace.build(spec, ("base", "a", "b"), tuple(layout.blocks), tuple(layout.components))
+    assert [d.name for d in space.dimensions()][:6] == ["D0_attn.a", "D0_attn.b", "D0_attn.density",
+                                                         "D0_conv.a", "D0_conv.b", "D0_conv.density"]
+    assert len(space.dimensions()) == 8 * 3  # 4 depth levels x (attn, conv) x (w_a, w_b, density)
+    params = {d.name: 0.5 for d in space.dimensions()} | {"D3_attn.a": 0.9, "D3_attn.density": 0.2}
+    recipe = space.recipe(params, family="sd1", sources=tuple(
+        Source(path=f"/{m}.safetensors") for m in ("base", "a", "b")), seed=1)
+    assert recipe.method == "ties"
+    attn = "model.diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.weight"
+    conv = "model.diffusion_model.middle_block.0.in_layers.2.weight"
+    # (w_a, w_b, density, lambda): the attention part of D3 its own, the rest the block's
+    assert recipe.key_params(attn, "M00") == pytest.approx((0.9, 0.5, 0.2, 1.5))
+    assert recipe.weights["M00"] == pytest.approx((0.5, 0.5, 0.5, 1.5))
+    assert recipe.key_params(conv, "M00") in (None, pytest.approx((0.5, 0.5, 0.5, 1.5)))
