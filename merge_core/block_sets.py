@@ -55,6 +55,7 @@ def parse_block_set(text: str, layout: BlockLayout, *, where: str = "") -> froze
     chosen: set[str] = set()
     if not tokens or (len(tokens) == 1 and tokens[0].upper() == "ALL"):
         chosen = set(ids)
+        tokens = []
         if negate:
             raise BlockSetError(f"{where}'NOT' needs block names after it, e.g. 'NOT M00 OUT03-OUT06'")
     for tok in tokens:

@@ -24,6 +24,7 @@ COMMANDS = (
     "dashboard",
     "export",
     "analyze",
+    "grid",
     "history",
 )
 
