@@ -150,8 +150,9 @@ def check_loras(config: SearchConfig, base) -> tuple[Any, ...]:
 
 
 def check_parts(config: SearchConfig, ckpts: dict, layout) -> None:
-    """The merge's rule for keys only some sources hold, applied to the search: every weight a model is
-    searched on must be in its file. A component held from one model (space.components) needs only that model's."""
+    """The merge's rule for keys only some sources hold, applied to the search: every weight another model
+    has must be in each model's file too. Stricter than a merge (which lets a component held from one model
+    skip the others): the Mixer keeps every part of every source resident, so a partial file cannot be loaded."""
     holders: dict[str, str] = {}
     for name, ckpt in ckpts.items():
         for key in ckpt.keys():
@@ -162,14 +163,10 @@ def check_parts(config: SearchConfig, ckpts: dict, layout) -> None:
             if key in ckpt:
                 continue
             block = layout.block_of(key)
-            held = config.space.components.get(block, "search") if block in layout.components else "search"
-            if held not in ("search", name):
-                continue  # that part comes from another model
             part = {"TE": "text encoder", "VAE": "VAE"}.get(block, f"UNet block {block}")
-            fix = (f"; or hold {block} from a model that has it (space.components.{block}: {other})"
-                   if block in layout.components and held == "search" else "")
             raise ConfigError(f"models.{name}: {ckpt.path} has no key {key!r} ({part}) that model {other!r} has; "
-                              f"the search merges it from every model — use a full checkpoint{fix}")
+                              "the search loads every part of every model — use a full checkpoint (`mergesearch "
+                              f"merge` can combine this file with {other!r}'s {part} into one)")
 
 
 def _attention_blocks(config: SearchConfig, layout: Any, sources: list[Any]) -> frozenset[str] | None:

@@ -124,12 +124,10 @@ def test_repair_refuses_a_unet_key_no_block_holds(tmp_path):
     assert not (tmp_path / "r.safetensors").exists()
 
 
-def test_search_refuses_a_source_lacking_a_part_it_would_merge(tmp_path):
+def test_search_refuses_a_source_lacking_a_part(tmp_path):
     base = save(tiny_checkpoint("sd1", seed=1, max_dim=2), tmp_path / "base.safetensors")
     no_vae = save(tiny_checkpoint("sd1", seed=2, max_dim=2, parts=("unet", "te")), tmp_path / "no_vae.safetensors")
-    with pytest.raises(ConfigError, match=re.escape(f"models.novae: {no_vae} has no key 'first_stage_model.")) as err:
-        search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae="search")
-    assert "(VAE) that model 'base' has" in str(err.value)
-    assert "space.components.VAE: base" in str(err.value)
-    # held from the model that has it: the search never reads the other's VAE
-    assert search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae="base").family == "sd1"
+    for vae in ("search", "base"):  # even held from the model that has it: the Mixer loads every part of every source
+        with pytest.raises(ConfigError, match=re.escape(f"models.novae: {no_vae} has no key 'first_stage_model.")) as err:
+            search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae=vae)
+        assert "(VAE) that model 'base' has" in str(err.value) and "use a full checkpoint" in str(err.value)
