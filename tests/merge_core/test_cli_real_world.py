@@ -4,7 +4,6 @@ are folders, sources or the wrong format, diffusers folders, closed pipes."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
