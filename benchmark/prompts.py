@@ -1,4 +1,4 @@
-"""Prompt sets: n prompts of m tags with fixed seeds, two disjoint splits, saved as hashed JSON.
+"""Prompt sets: n prompts of m tags with fixed seeds, disjoint splits, saved as hashed JSON.
 
 A prompt set is generated deterministically from (vocabulary hash, n, m, seed): the same
 inputs give the same file on every machine (Python's `random.Random` seeded with a string
@@ -21,8 +21,8 @@ from benchmark.errors import BenchmarkError
 from benchmark.hashing import content_hash
 from benchmark.vocabulary import Vocabulary
 
-SPLITS = ("search", "holdout")
-Split = Literal["search", "holdout"]
+SPLITS = ("search", "holdout", "confirm")
+Split = Literal["search", "holdout", "confirm"]
 _SEED_RANGE = 2**31 - 1
 
 
@@ -99,18 +99,23 @@ def make_prompt_set(
     seed: int,
     *,
     holdout: int | None = None,
+    confirm: int = 0,
     prefix: str = "",
     negative: str = "",
 ) -> PromptSet:
-    """`n` search prompts and `holdout` (default `n`) held-out prompts of `tags_per_prompt` tags.
+    """`n` search prompts, `holdout` (default `n`) held-out prompts and `confirm` prompts that re-score
+    a search's leaders, each of `tags_per_prompt` tags.
 
     Each prompt picks `tags_per_prompt` distinct categories uniformly, then one tag uniformly
-    within each. No tag combination appears twice, so the two splits are disjoint.
+    within each. No tag combination (and no seed) appears twice, so the splits are disjoint. The
+    confirm prompts are drawn after the others from the same stream, so adding a confirm split
+    leaves the search and holdout prompts of a set as they were.
     """
     holdout = n if holdout is None else holdout
     n_cat = len(vocabulary.categories)
-    if n < 1 or holdout < 0:
-        raise BenchmarkError(f"prompt set: need n >= 1 and holdout >= 0 (got n={n}, holdout={holdout})")
+    if n < 1 or holdout < 0 or confirm < 0:
+        raise BenchmarkError(f"prompt set: need n >= 1, holdout >= 0 and confirm >= 0 "
+                             f"(got n={n}, holdout={holdout}, confirm={confirm})")
     if not 1 <= tags_per_prompt <= n_cat:
         raise BenchmarkError(
             f"prompt set: --tags {tags_per_prompt} is impossible with vocabulary {vocabulary.name!r}: "
@@ -122,7 +127,7 @@ def make_prompt_set(
     seen: set[tuple[str, ...]] = set()
     seeds: set[int] = set()
     prompts: list[Prompt] = []
-    total, attempts = n + holdout, 0
+    total, attempts = n + holdout + confirm, 0
     while len(prompts) < total:
         attempts += 1
         if attempts > 50 * total + 1000:
@@ -144,7 +149,8 @@ def make_prompt_set(
         seed=seed,
         prefix=prefix,
         negative=negative,
-        splits={"search": tuple(prompts[:n]), "holdout": tuple(prompts[n:])},
+        splits={"search": tuple(prompts[:n]), "holdout": tuple(prompts[n : n + holdout]),
+                **({"confirm": tuple(prompts[n + holdout :])} if confirm else {})},
     )
 
 

@@ -210,6 +210,8 @@ class ObjectiveSpec(_Frozen):
     prompts: str | None = None
     vocabulary: str | None = None
     n: int = Field(default=16, ge=1, description="prompts per split")
+    # prompts of the confirm split that re-scores the leaders (None: n; 0: no confirmation)
+    confirm: int | None = Field(default=None, ge=0)
     m: int = Field(default=3, ge=1, description="tags per prompt")
     seed: int = 0
     tagger: str = "toyworld"
@@ -223,6 +225,13 @@ class ObjectiveSpec(_Frozen):
         if (self.prompts is None) == (self.vocabulary is None):
             raise ValueError("give exactly one of `prompts` (a prompt-set file) or `vocabulary` (with n, m, seed)")
         return self
+
+
+class ConfirmSpec(_Frozen):
+    """Re-scoring of the leaders on the confirm split (the reported best is the best confirmed trial)."""
+
+    top_k: int = Field(default=3, ge=1, description="leaders by search score confirmed in each round")
+    every: int = Field(default=20, ge=1, description="a confirmation round after every this many finished trials")
 
 
 class BudgetSpec(_Frozen):
@@ -273,6 +282,7 @@ class SearchConfig(_Frozen):
     runs_dir: str = "runs"
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     holdout: bool = True
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
     # where relative paths are resolved from: the config file's folder (set by load_config)
     root: str = "."
 
@@ -295,6 +305,9 @@ class SearchConfig(_Frozen):
             raise ValueError(f"loras: names must be unique and differ from the models' ({lora_names})")
         if self.base is not None and self.base not in names:
             raise ValueError(f"base {self.base!r} is not one of the models {names}")
+        if self.budget.trials is not None and self.confirm.top_k > self.budget.trials:
+            raise ValueError(f"confirm.top_k is {self.confirm.top_k} but budget.trials is {self.budget.trials}: "
+                             "it cannot confirm more leaders than there are trials; lower confirm.top_k")
         for comp, how in self.space.components.items():
             if how != "search" and how not in names:
                 raise ValueError(

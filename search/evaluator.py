@@ -60,7 +60,7 @@ class BenchmarkEvaluator:
         self.batch_size = batch_size
         self.compile_mode = self.renderer.compile(speed.get("compile") or "off")
         overlap = {"on": True, "off": False}.get(speed.get("overlap") or "auto")  # None = on CUDA only
-        splits = [s for s in ("search", "holdout") if self.prompt_set.prompts(s)]
+        splits = [s for s in self.prompt_set.splits if self.prompt_set.prompts(s)]
         self.render_batch = self._render_batch(speed.get("batch") or "auto",
                                                max((len(self.prompt_set.prompts(s)) for s in splits), default=1))
         self.benchmarks = {split: Benchmark(self.prompt_set, split, self.tagger, self.settings, batch_size=batch_size,

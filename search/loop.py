@@ -2,8 +2,15 @@
 
 Only this driver talks to the storage. Each finished candidate gets its recipe, per-category
 scores and contact sheet (uploaded before tell); a crash fails the trial and re-enqueues its params
-once; NaN/blank renders fail it for good; whenever the best changes (and for every baseline) the
-candidate is also scored on the holdout split before it is told, so its trial carries `holdout`.
+once; NaN/blank renders fail it for good. Every baseline is also scored on the holdout split before
+it is told.
+
+Confirmation (when the prompt set has a confirm split): after every `confirm_every` finished trials,
+and once more when the budget is spent, the baselines and the `confirm_top_k` leaders by objective
+are re-scored on the confirm split, and the best confirmed trial on the holdout split. These scores
+of finished trials are stored with `trial_record.write_finished`. The reported best is the best
+confirmed trial (`trial_record.best`), not the maximum of noisy search scores. Without a confirm
+split, the best-by-search trial is scored on holdout before it is told, as baselines are.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ class LoopOptions:
     prune_percentile: float = 30.0
     holdout: bool = True
     negative_penalty: float = 0.0
+    confirm: bool = False
+    confirm_top_k: int = 3
+    confirm_every: int = 20
 
 
 @dataclass
@@ -51,6 +61,7 @@ class LoopStats:
     best_value: float | None = None
     best_number: int | None = None
     best_holdout: float | None = None
+    confirmed: int = 0  # confirm-split scores computed by this run
     render_seconds: float = 0.0
     saved_seconds: float = 0.0
     apply_seconds: float = 0.0
@@ -88,6 +99,8 @@ class SearchLoop:
         self._queue: list[EvalTask] = []  # holdout tasks, served before new trials
         self._next_task = 0
         self._stop = False
+        self._late: set[tuple[int, str]] = set()  # (trial number, split) scored after the trial finished
+        self._since_confirm = 0
         best = record.best(record.read_all(study))
         if best is not None:
             self.stats.best_value, self.stats.best_number = best.objective, best.number
@@ -115,6 +128,8 @@ class SearchLoop:
             while not self._stop:
                 self._fill()
                 if not self.pool.in_flight() and self.pool.idle() > 0:
+                    if self._confirm_round():  # the budget is spent: confirm the leaders once more
+                        continue
                     break  # idle workers and nothing left to give them (no idle worker = restarting)
                 for outcome in self.pool.poll(self.options.poll_seconds):
                     self._handle(outcome)
@@ -153,7 +168,7 @@ class SearchLoop:
         task = EvalTask(task_id=self._next_task, trial_number=number, split=split, recipe=recipe,
                         prune_below=prune_below)
         self._next_task += 1
-        if split == "holdout" and self.pool.idle() == 0:
+        if split != "search" and self.pool.idle() == 0:
             self._queue.append(task)
         else:
             self.pool.submit(task)
@@ -179,6 +194,9 @@ class SearchLoop:
         task = outcome.task if isinstance(outcome, Crash) else None
         number = task.trial_number if task else outcome.trial_number
         split = task.split if task else outcome.split
+        if (number, split) in self._late:
+            self._finish_late(number, split, outcome)
+            return
         flight = self._flights.get(number)
         if flight is None:  # stale (e.g. a trial abandoned already)
             return
@@ -232,7 +250,8 @@ class SearchLoop:
         is_best = self.stats.best_value is None or value > self.stats.best_value
         if is_best:
             self.stats.best_value, self.stats.best_number, self.stats.best_holdout = value, t.number, None
-        if self.options.holdout and (is_best or record.read(frozen_of(t)).baseline):
+        baseline = record.read(frozen_of(t)).baseline
+        if self.options.holdout and (baseline or (is_best and not self.options.confirm)):
             self._submit(t.number, flight.recipe, "holdout", ())
         else:
             self._tell_complete(flight)
@@ -251,6 +270,49 @@ class SearchLoop:
         self.study.tell(flight.trial, flight.value)
         self.stats.complete += 1
         del self._flights[flight.trial.number]
+        self._since_confirm += 1
+        if self._since_confirm >= self.options.confirm_every and not self._stop:
+            self._confirm_round()
+
+    # ---- confirmation ----------------------------------------------------------------------------
+    def _confirm_round(self) -> bool:
+        """Submit confirm-split scoring for the baselines and the top-k leaders that lack it, and the
+        holdout check of the best confirmed trial; True when anything was submitted."""
+        self._since_confirm = 0
+        if not self.options.confirm or self._stop:
+            return False
+        records = record.read_all(self.study)
+        done = record.completed(records)
+        leaders = sorted((r for r in done if not r.baseline), key=lambda r: -r.objective)[: self.options.confirm_top_k]
+        submitted = False
+        for r in [*(r for r in done if r.baseline), *leaders]:
+            submitted |= self._submit_late(r, "confirm")
+        return self._holdout_for_best(records) or submitted
+
+    def _holdout_for_best(self, records) -> bool:
+        best = record.best(records)
+        if not self.options.holdout or best is None or best.confirm is None:
+            return False
+        return self._submit_late(best, "holdout")
+
+    def _submit_late(self, r: record.TrialRecord, split: str) -> bool:
+        if r.score(split) is not None or r.recipe is None or getattr(r, f"{split}_error") is not None \
+                or (r.number, split) in self._late:
+            return False
+        self._late.add((r.number, split))
+        self._submit(r.number, r.recipe, split, ())
+        return True
+
+    def _finish_late(self, number: int, split: str, r: EvalResult | Crash) -> None:
+        self._late.discard((number, split))
+        if isinstance(r, Crash) or r.status != "ok":
+            error = r.error if isinstance(r, Crash) else (r.error or r.status)
+            record.write_finished(self.study, number, split, **{f"{split}_error": error})
+            return
+        record.write_finished(self.study, number, split, **record.result_fields(split, r))
+        if split == "confirm":
+            self.stats.confirmed += 1
+            self._holdout_for_best(record.read_all(self.study))
 
     def _upload_sheet(self, trial: optuna.Trial, sheet: bytes | None) -> None:
         if not sheet or self.store is None:

@@ -1,4 +1,5 @@
-"""The closing table: the best trial against each parent and the uniform merge, search and holdout.
+"""The closing table: the best trial against each parent and the uniform merge, on the search,
+confirm and holdout splits, with the paired comparisons of `search.comparison` under it.
 
 Read through `search.trial_record`, so a study left by an interrupted or older run (a baseline with
 no holdout score, a trial with no categories) prints with dashes and a line saying what is missing.
@@ -24,10 +25,12 @@ class Row:
     categories: dict[str, float]
     objective: float | None = None  # what the sampler maximised (differs from `search` under a penalty)
     holdout_note: str = ""  # why there is no holdout score
+    confirm: float | None = None  # confirm split (leaders and baselines only)
 
 
 def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[Row]:
-    """Best trial (by objective) first, then the baselines (latest completed trial of each label)."""
+    """The reported best first (`trial_record.best`: by confirm score once confirmed), then the
+    baselines (latest completed trial of each label)."""
     records = [t if isinstance(t, TrialRecord) else record.read(t) for t in trials]
     best = record.best(records)
     if best is None:
@@ -35,7 +38,7 @@ def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[R
 
     def row(label: str, r: TrialRecord) -> Row:
         return Row(label, r.number, r.search, r.holdout, dict(r.search_categories), r.objective,
-                   r.why_no("holdout"))
+                   r.why_no("holdout"), r.confirm)
 
     rows = [row("best", best)]
     found = record.baselines(records)
@@ -44,8 +47,16 @@ def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[R
     return rows
 
 
-def format_table(rows: Sequence[Row], gaps: Sequence[str] = ()) -> str:
-    """Fixed-width table; `gaps`: lines from `trial_record.gaps` saying what the study lacks."""
+def closing_table(records: Sequence[TrialRecord]) -> str:
+    """The table `search` ends with and `status` prints: rows, paired comparisons, what is missing."""
+    from search.comparison import summary_lines
+
+    return format_table(result_rows(records), record.gaps(records), notes=summary_lines(records))
+
+
+def format_table(rows: Sequence[Row], gaps: Sequence[str] = (), notes: Sequence[str] = ()) -> str:
+    """Fixed-width table; `gaps`: lines from `trial_record.gaps` saying what the study lacks; `notes`:
+    the paired comparisons (`search.comparison.summary_lines`), which replace the unpaired verdict."""
     if not rows:
         return "\n".join(["no completed trial yet", *gaps])
     width = max(len(r.label) for r in rows) + 2
@@ -57,18 +68,23 @@ def format_table(rows: Sequence[Row], gaps: Sequence[str] = ()) -> str:
         return "   -  " if x is None else f"{x:6.3f}"
 
     obj = f"{record.OBJECTIVE:>9}  " if penalised else ""
-    head = (f"{'':{width}}{'trial':>6}  {obj}{record.RECALL:>10}  {'holdout':>7}  "
+    confirmed = any(r.confirm is not None for r in rows)
+    conf = f"{'confirm':>7}  " if confirmed else ""
+    head = (f"{'':{width}}{'trial':>6}  {obj}{record.RECALL:>10}  {conf}{'holdout':>7}  "
             + "  ".join(f"{c[:9]:>9}" for c in cats))
     lines = [head, "-" * len(head)]
     for r in rows:
         o = f"{f(r.objective):>9}  " if penalised else ""
-        lines.append(f"{r.label:{width}}{r.trial:>6}  {o}{f(r.search):>10}  {f(r.holdout):>7}  "
+        c = f"{f(r.confirm):>7}  " if confirmed else ""
+        lines.append(f"{r.label:{width}}{r.trial:>6}  {o}{f(r.search):>10}  {c}{f(r.holdout):>7}  "
                      + "  ".join(f"{f(r.categories.get(c)):>9}" for c in cats))
-    lines.append(_verdict(rows))
+    paired = [n for n in notes if n.startswith(("confirm:", "holdout:"))]
+    lines.extend(notes if paired or any("baseline" in n for n in notes) else [*notes, _verdict(rows)])
     if penalised:
         lines.append(f"({record.OBJECTIVE} = {record.RECALL} less the negative-weight penalty; "
                      "the best is chosen by objective)")
-    lines.append(f"({record.RECALL} and categories: search split)")
+    lines.append(f"({record.RECALL} and categories: search split" + ("; intervals: paired bootstrap 95 % over the "
+                 "same prompts and seeds)" if paired else ")"))
     lines.extend(gaps)
     return "\n".join(lines)
 

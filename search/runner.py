@@ -60,7 +60,8 @@ def build_prompt_set(config: SearchConfig) -> Any:
         return load_prompt_set(config.resolve(o.prompts))
     vocab = o.vocabulary
     vocab_path = config.resolve(vocab) if ("/" in vocab or vocab.endswith(".yaml")) else vocab
-    return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed)
+    return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed,
+                           confirm=o.n if o.confirm is None else o.confirm)
 
 
 def prepare(config: SearchConfig, *, config_text: str = "", evaluator: EvaluatorSpec | None = None,
@@ -107,6 +108,10 @@ def prepare(config: SearchConfig, *, config_text: str = "", evaluator: Evaluator
     except (ValueError, OSError) as exc:
         raise ConfigError(f"objective: {exc}") from None
     check_objective(config)
+    if "confirm" not in prompt_set.splits and config.objective.confirm != 0:
+        raise ConfigError(f"objective.prompts: {config.objective.prompts} has no confirm split to re-score the "
+                          "leaders on; make the set with `mergesearch prompts ... --confirm N`, or set "
+                          "objective.confirm: 0 to report the best by search score alone")
     if config.workers.backend == "local" and config.workers.count != 1:
         raise ConfigError("workers.count: the local backend runs one in-process worker; use backend: ray for more")
     try:
@@ -270,7 +275,9 @@ def run_search(prepared: Prepared, *, fork: bool = False, pool: WorkerPool | Non
                           prune_startup_trials=config.pruner.startup_trials,
                           prune_warmup_batches=config.pruner.warmup_batches,
                           prune_percentile=config.pruner.percentile, holdout=config.holdout,
-                          negative_penalty=config.objective.negative_penalty)
+                          negative_penalty=config.objective.negative_penalty,
+                          confirm="confirm" in prepared.prompt_set.splits and config.objective.confirm != 0,
+                          confirm_top_k=config.confirm.top_k, confirm_every=config.confirm.every)
     loop = SearchLoop(opened.study, prepared.space, pool, make_recipe=prepared.recipe_json, options=options,
                       artifact_dir=info.artifact_dir, on_update=on_update)
     if on_loop:

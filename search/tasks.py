@@ -12,7 +12,7 @@ class EvalTask(BaseModel):
 
     task_id: int
     trial_number: int
-    split: Literal["search", "holdout"] = "search"
+    split: Literal["search", "holdout", "confirm"] = "search"
     recipe: str  # Recipe JSON
     # per prompt batch: stop once the running score falls below this (None = never stop there)
     prune_below: tuple[float | None, ...] = ()
@@ -23,7 +23,7 @@ class EvalResult(BaseModel):
 
     task_id: int
     trial_number: int
-    split: Literal["search", "holdout"] = "search"
+    split: Literal["search", "holdout", "confirm"] = "search"
     status: Literal["ok", "pruned", "failed"]
     value: float | None = None  # overall tag recall (mean over the split's prompts)
     se: float | None = None  # its standard error over prompts (ddof=1)

@@ -103,6 +103,19 @@ class TrialRecord(BaseModel):
         """FAIL and not enqueued again: counts against the budget."""
         return self.state == TrialState.FAIL.name and not self.requeued
 
+    @property
+    def confirmed_score(self) -> float | None:
+        """What the reported best is chosen by: the mean over the search and confirm prompts together
+        (None until confirmed). Pooling the two disjoint splits halves the variance of the confirm split
+        alone; measured with a fake evaluator of known truth (tests/search/test_confirm_selection.py) it
+        picked the truly best trial more often and with lower regret than the confirm score alone."""
+        if self.confirm is None:
+            return None
+        a, b = self.search_prompts, self.confirm_prompts
+        if a and b:
+            return (sum(a) + sum(b)) / (len(a) + len(b))
+        return self.confirm if self.search is None else (self.search + self.confirm) / 2
+
     def score(self, split: str) -> float | None:
         return getattr(self, _check_split(split))
 
@@ -310,7 +323,18 @@ def completed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
 
 
 def best(records: Iterable[TrialRecord]) -> TrialRecord | None:
-    """The completed trial with the highest objective (the first of equals), or None."""
+    """The reported best: once any trial is confirmed (the leaders re-scored on the confirm split), the
+    confirmed trial with the highest `confirmed_score`; before that the highest objective; the first
+    of equals; None when nothing completed."""
+    done = completed(records)
+    confirmed = [r for r in done if r.confirm is not None]
+    if confirmed:
+        return max(confirmed, key=lambda r: r.confirmed_score)
+    return max(done, key=lambda r: r.objective) if done else None
+
+
+def best_by_search(records: Iterable[TrialRecord]) -> TrialRecord | None:
+    """The completed trial with the highest objective (what the sampler saw), or None."""
     done = completed(records)
     return max(done, key=lambda r: r.objective) if done else None
 

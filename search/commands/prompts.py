@@ -9,7 +9,7 @@ import sys
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "prompts",
-        help="make a tag-prompt set (search and holdout splits) from a tag vocabulary",
+        help="make a tag-prompt set (search, holdout and confirm splits) from a tag vocabulary",
         description=(
             "Draw N prompts of M tags (at most one per category) with fixed per-prompt seeds from a "
             "vocabulary, deterministically from (vocabulary, N, M, seed), plus a disjoint held-out split. "
@@ -21,6 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="vocabulary YAML file, or a shipped one by name (danbooru, toyworld)")
     parser.add_argument("--n", type=int, required=True, help="prompts in the search split")
     parser.add_argument("--holdout", type=int, default=None, help="prompts in the holdout split (default: N)")
+    parser.add_argument("--confirm", type=int, default=0,
+                        help="prompts in the confirm split that re-scores a search's leaders (default 0)")
     parser.add_argument("--tags", type=int, required=True, metavar="M", help="tags per prompt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     parser.add_argument("--prefix", default="", help="fixed text put before every prompt, e.g. '1girl'")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         vocab = load_vocabulary(args.vocab)
         ps = make_prompt_set(vocab, args.n, args.tags, args.seed, holdout=args.holdout,
-                             prefix=args.prefix, negative=args.negative)
+                             confirm=args.confirm, prefix=args.prefix, negative=args.negative)
         path = ps.save(args.out)
     except BenchmarkError as exc:
         print(f"mergesearch prompts: {exc}", file=sys.stderr)

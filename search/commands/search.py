@@ -48,7 +48,7 @@ OVERRIDES = {"trials": "budget.trials", "hours": "budget.hours", "workers": "wor
 def run(args: argparse.Namespace) -> int:
     from search.config import ConfigError, load_config
     from search.progress import LiveView
-    from search.results import format_table, result_rows
+    from search.results import closing_table
     from search.runner import prepare, run_search
     from search.study import StudyMismatchError
     from search.workers import NoWorkersLeft
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if stats.pruned:
         share = stats.saved_seconds / max(stats.render_seconds + stats.saved_seconds, 1e-9)
         print(f"pruning saved {stats.saved_seconds:.0f} s of rendering ({share:.0%} of the render time)")
-    print(format_table(result_rows(records), record.gaps(records)))
+    print(closing_table(records))
     print(f"run folder: {Path(result.info.config_path).parent}  (mergesearch status / report / export)")
     return 130 if stats.stopped == "interrupted" else 0
 

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from search.progress import format_summary, summarize
-    from search.results import format_table, result_rows
+    from search.results import closing_table
     from search.rundir import RunError, read_run
     from search.storage import StorageError, make_storage
 
@@ -68,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
             line += f"  holdout {r.holdout:.4f}" if r.holdout is not None else ""
             print(line + (f"  [{r.baseline}]" if r.baseline else ""))
     print()
-    print(format_table(result_rows(records), gaps))
+    print(closing_table(records))
     return 0

@@ -52,3 +52,30 @@ class FakeEvaluator:
         assert math.isfinite(value)
         return EvalResult(**base, status="ok", value=value, categories={"shape": value, "colour": value - 0.01},
                           intermediate=tuple(partial), render_seconds=time.perf_counter() - t0, sheet=b"RIFF0000WEBP")
+
+
+class NoisyEvaluator:
+    """Known true scores plus known noise: every prompt of every split scores
+    ``true + N(0, noise)``, with independent noise per (trial, split, prompt); ``true`` is
+    `score_of(recipe)` on the search target for every split, so a trial's true quality is one number."""
+
+    def __init__(self, prompts: int = 32, noise: float = 0.15, seed: int = 0, confirm_prompts: int | None = None) -> None:
+        self.prompts, self.noise, self.seed = prompts, noise, seed
+        self.confirm_prompts = prompts if confirm_prompts is None else confirm_prompts
+
+    @staticmethod
+    def true_score(recipe: Recipe) -> float:
+        return score_of(recipe, "search")
+
+    def evaluate(self, task: EvalTask) -> EvalResult:
+        import numpy as np
+
+        recipe = Recipe.model_validate_json(task.recipe)
+        rng = np.random.default_rng([self.seed, task.trial_number, ("search", "holdout", "confirm").index(task.split)])
+        n = self.confirm_prompts if task.split == "confirm" else self.prompts
+        per_prompt = self.true_score(recipe) + rng.normal(0.0, self.noise, n)
+        value = float(per_prompt.mean())
+        return EvalResult(task_id=task.task_id, trial_number=task.trial_number, split=task.split, status="ok",
+                          value=value, se=float(per_prompt.std(ddof=1) / math.sqrt(n)),
+                          prompt_scores=tuple(float(x) for x in per_prompt), categories={"shape": value},
+                          intermediate=(value,))
