@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     s = summarize(records, budget_trials=budget.get("trials"), budget_hours=budget.get("hours"))
     gaps = record.gaps(records)
     if args.json:
-        print(json.dumps({"study": info.study_name, **s.__dict__, "finished": s.finished, "missing": gaps}, indent=2))
+        from search.comparison import summary_lines
+
+        print(json.dumps({"study": info.study_name, **s.__dict__, "finished": s.finished, "missing": gaps,
+                          "result": summary_lines(records)}, indent=2))
         return 0
     print(f"study {info.study_name} ({study.user_attrs.get('family', '?')}, sampler "
           f"{study.user_attrs.get('sampler', '?')}, {len(records)} trials)")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             if penalised:
                 line += f"{record.OBJECTIVE} {r.objective:.4f}  "
             line += f"{record.RECALL} {r.search:.4f}" if r.search is not None else f"{record.RECALL} -"
+            line += f"  confirm {r.confirm:.4f}" if r.confirm is not None else ""
             line += f"  holdout {r.holdout:.4f}" if r.holdout is not None else ""
             print(line + (f"  [{r.baseline}]" if r.baseline else ""))
     print()

@@ -89,6 +89,13 @@ def study_note(study: optuna.Study) -> str:
         lines.append(f"- source **{source.get('name')}**: `{source.get('path')}` (sha256 `{str(source.get('sha256'))[:12]}`)")
     lines += ["", "Each trial's note holds its per-category scores beside the parents'. "
               "The study's figures show the best recipe's block weights and its categories against the parents."]
+    from search import trial_record as record
+    from search.comparison import summary_lines
+
+    found = summary_lines(record.read_all(study))
+    if found:
+        lines += ["", "**Result** (paired bootstrap 95 % intervals over the same prompts and seeds):", ""]
+        lines += [f"- {line}" for line in found]
     return "\n".join(lines + ["", NOTE_MARK])
 
 

@@ -114,7 +114,14 @@ def export_trial(
             recipe = recipe.model_copy(update={"adjust": parse_adjust(adjust)})
         except ValueError as exc:
             raise ReviewError(f"--adjust: {exc}") from None
-    metadata = provenance_metadata(provenance(study.study_name, study.user_attrs, chosen, recipe.model_dump_json()))
+    from search import trial_record as record
+    from search.comparison import summary_lines
+
+    records = record.read_all(study)
+    best = record.best(records)
+    notes = summary_lines(records) if best is not None and best.number == chosen.number else []
+    metadata = provenance_metadata(provenance(study.study_name, study.user_attrs, chosen, recipe.model_dump_json(),
+                                              notes))
     if repair_with is None:
         merge_to_file(recipe, out, overwrite=overwrite, progress=progress, extra_metadata=metadata, vae=vae)
         return _result(out, study, chosen, recipe.dtype)

@@ -36,11 +36,14 @@ def benchmark_hash(config: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def provenance(study_name: str, study_attrs: dict[str, Any], trial: TrialRecord, recipe_json: str) -> dict[str, Any]:
+def provenance(study_name: str, study_attrs: dict[str, Any], trial: TrialRecord, recipe_json: str,
+               comparisons: list[str] | None = None) -> dict[str, Any]:
     """The full record: study, trial, scores on every split, benchmark identity, sampler, recipe.
 
     `scores.objective` is what the search maximised; `scores.search` the raw tag recall on the search
-    split (equal without a negative-weight penalty); `holdout`/`confirm` raw tag recall on those."""
+    split (equal without a negative-weight penalty); `holdout`/`confirm` raw tag recall on those.
+    `comparisons`: how the trial was chosen and its paired intervals against the best parent and the
+    uniform merge (`search.comparison.summary_lines`), when it is the study's reported best."""
     config = _json_attr(study_attrs.get("config"))
     return {
         "tool": "mergesearch",
@@ -71,6 +74,7 @@ def provenance(study_name: str, study_attrs: dict[str, Any], trial: TrialRecord,
         "family": study_attrs.get("family"),
         "sources": study_attrs.get("sources"),
         "recipe": json.loads(recipe_json),
+        "comparisons": comparisons or [],
     }
 
 
@@ -96,6 +100,8 @@ def provenance_metadata(record: dict[str, Any]) -> dict[str, str]:
     if record["benchmark"].get("benchmark_hash"):
         flat["mergesearch.benchmark_hash"] = record["benchmark"]["benchmark_hash"]
     # modelspec keys are what A1111/Forge/ComfyUI model browsers show as title and description
+    if record.get("comparisons"):
+        flat["mergesearch.comparisons"] = "; ".join(record["comparisons"])
     flat["modelspec.title"] = f"{record['study']} trial {record['trial']}"
     flat["modelspec.description"] = "mergesearch merge: " + describe_scores(scores)
     return flat

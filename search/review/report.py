@@ -79,6 +79,7 @@ def summary(study: optuna.Study) -> str:
         if penalised:  # the study maximised recall less a penalty on negative weights
             row[OBJECTIVE] = trial.objective
         row[METRIC] = trial.search
+        row["confirm"] = trial.confirm
         row["holdout"] = trial.holdout
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("trial")
@@ -90,6 +91,9 @@ def summary(study: optuna.Study) -> str:
                 frame[name] = (frame[column] - best_parent).map(
                     lambda v: "-" if pd.isna(v) else f"{v:+.4f}")
     lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    from search.comparison import summary_lines
+
+    lines.extend(summary_lines(record.read_all(study)))
     if penalised:
         lines.append(f"({OBJECTIVE} = {METRIC} less the negative-weight penalty; the best is chosen by {OBJECTIVE})")
     lines.extend(record.gaps(record.read_all(study)))

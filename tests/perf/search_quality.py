@@ -1,13 +1,16 @@
 """Search quality on the toy world: the `auto` sampler (baselines, Sobol start, GP) against random
 search, several seeds each, with the same budget, config and workers. For each run and each
-checkpoint k: the holdout score of the best-by-search trial among the first k trials (the search
-never sees the holdout prompts, so this is the gain a user would get), and the mean holdout score
-of the top `--top` trials by search score (less noisy: it says how good the sampler's candidates
-are, not how lucky the single best was).
+checkpoint k: the holdout score of the confirmed best among the first k trials (the study's reported
+best: chosen over the search and confirm prompts; the search never sees the holdout prompts, so this
+is the gain a user would get) with its paired 95 % interval against the best parent on holdout, and
+the mean holdout score of the top `--top` trials by search score (it says how good the sampler's
+candidates are, not how lucky the single best was). `--config configs/toyworld-ties.yaml` measures
+the TIES search the same way.
 
     .venv/bin/python tests/perf/search_quality.py [--trials 80] [--seeds 0 1 2] [--workers 2]
     .venv/bin/python tests/perf/search_quality.py --trials 80 --analyse    # re-read finished studies
     .venv/bin/python tests/perf/search_quality.py --trials 40 --checkpoints 20 40 --prompts 128
+    .venv/bin/python tests/perf/search_quality.py --config configs/toyworld-ties.yaml --samplers auto
 
 Takes about (2 samplers x seeds x trials x ~5 s) / workers on this machine: run it in the background.
 Holdout scores the search did not already store are rendered here, once per trial.
@@ -29,18 +32,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class HoldoutScores:
-    """Holdout score per trial: the one the search stored, or rendered here once and cached."""
+    """Holdout per-prompt scores of a trial: the ones the search stored, or rendered here once and cached."""
 
-    def __init__(self, evaluate: Callable[[str], float]):
+    def __init__(self, evaluate: Callable[[str], tuple[float, ...]]):
         self._evaluate = evaluate
-        self._cache: dict[int, float] = {}
+        self._cache: dict[int, tuple[float, ...]] = {}
 
-    def __call__(self, trial: TrialRecord) -> float:
-        if trial.holdout is not None:
-            return float(trial.holdout)
+    def prompts(self, trial: TrialRecord) -> tuple[float, ...]:
+        if trial.holdout_prompts:
+            return tuple(trial.holdout_prompts)
         if trial.number not in self._cache:
             self._cache[trial.number] = self._evaluate(trial.recipe)
         return self._cache[trial.number]
+
+    def __call__(self, trial: TrialRecord) -> float:
+        if trial.holdout is not None and trial.holdout_prompts:
+            return float(trial.holdout)
+        return statistics.mean(self.prompts(trial))
+
+
+def confirmed_best(trials: list[TrialRecord], k: int) -> TrialRecord | None:
+    """The study's reported best among the first k trials (record.best restricted to them)."""
+    return record.best([t for t in trials if t.number < k])
 
 
 def ranked_by_search(trials: list[TrialRecord], k: int) -> list[TrialRecord]:
@@ -49,13 +62,20 @@ def ranked_by_search(trials: list[TrialRecord], k: int) -> list[TrialRecord]:
 
 
 def checkpoint_row(trials: list[TrialRecord], k: int, top: int, holdout: HoldoutScores) -> dict | None:
+    from search.comparison import paired_bootstrap
+
     ranked = ranked_by_search(trials, k)
-    if not ranked:
+    best = confirmed_best(trials, k)
+    if not ranked or best is None:
         return None
-    best = ranked[0]
     top_holdout = [holdout(t) for t in ranked[:top]]
-    return {"search": best.objective, "holdout": holdout(best), "trial": best.number,
-            f"top{top}_holdout": statistics.mean(top_holdout)}
+    parents = [t for label, t in record.baselines(trials).items() if label.startswith("parent:")]
+    parent = max(parents, key=holdout)
+    d = paired_bootstrap(holdout.prompts(best), holdout.prompts(parent))
+    return {"search": best.objective, "confirmed": best.confirmed_score, "holdout": holdout(best),
+            "trial": best.number, "baseline": best.baseline, "vs_parent": [d.diff, d.low, d.high],
+            "beats_parent": d.low > 0, "best_parent": parent.baseline,
+            "by_search_holdout": holdout(ranked[0]), f"top{top}_holdout": statistics.mean(top_holdout)}
 
 
 def main() -> None:
@@ -81,7 +101,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(args.out / 'quality.db').resolve()}"
-    suffix = f"-n{args.prompts}" if args.prompts else ""
+    suffix = (f"-n{args.prompts}" if args.prompts else "") + (
+        "" if args.config.stem == "toyworld" else f"-{args.config.stem}")
     results: list[dict] = []
     holdout_evaluator: list[BenchmarkEvaluator] = []  # built on first use; every run shares the benchmark
 
@@ -103,11 +124,11 @@ def main() -> None:
                 trials = record.read_all(run_search(prepared).study)
                 row["wall_seconds"] = round(time.time() - t0)
 
-            def evaluate(recipe: str, prepared=prepared) -> float:
+            def evaluate(recipe: str, prepared=prepared) -> tuple[float, ...]:
                 if not holdout_evaluator:
                     holdout_evaluator.append(BenchmarkEvaluator(**dict(prepared.evaluator.kwargs)))
                 task = EvalTask(task_id=0, trial_number=-1, split="holdout", recipe=recipe)
-                return float(holdout_evaluator[0].evaluate(task).value)
+                return tuple(holdout_evaluator[0].evaluate(task).prompt_scores)
 
             holdout = HoldoutScores(evaluate)
             for k in args.checkpoints:
@@ -125,7 +146,8 @@ def main() -> None:
 
 
 def print_table(results: list[dict], samplers: list[str], ks: list[int], seeds: list[int], top: int) -> None:
-    for metric, title in (("holdout", "best-by-search trial's HOLDOUT score"),
+    for metric, title in (("holdout", "confirmed best trial's HOLDOUT score"),
+                          ("by_search_holdout", "best-by-search trial's HOLDOUT score (no confirmation)"),
                           (f"top{top}_holdout", f"mean HOLDOUT score of the top {top} trials by search")):
         print(f"\n{title} after k trials (mean over seeds {seeds}; per seed)")
         print(f"{'sampler':8} " + " ".join(f"{'@' + str(k):>24}" for k in ks))
@@ -139,6 +161,15 @@ def print_table(results: list[dict], samplers: list[str], ks: list[int], seeds: 
             print(f"{sampler:8} " + " ".join(f"{c:>24}" for c in cells))
     base = max(r["best_baseline_holdout"] for r in results)
     print(f"best baseline (parent or uniform) on holdout: {base:.3f}")
+    print("\nconfirmed best against the best parent on holdout, paired bootstrap 95 % (per seed):")
+    for sampler in samplers:
+        for k in ks:
+            cells = []
+            for r in (r for r in results if r["sampler"] == sampler and k in r["at"]):
+                d, lo, hi = r["at"][k]["vs_parent"]
+                cells.append(f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}")
+            wins = sum(1 for r in results if r["sampler"] == sampler and k in r["at"] and r["at"][k]["beats_parent"])
+            print(f"  {sampler:8} @{k:<4} beats the best parent in {wins} of {len(cells)}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
