@@ -306,8 +306,10 @@ class SearchConfig(_Frozen):
         if self.base is not None and self.base not in names:
             raise ValueError(f"base {self.base!r} is not one of the models {names}")
         if self.budget.trials is not None and self.confirm.top_k > self.budget.trials:
-            raise ValueError(f"confirm.top_k is {self.confirm.top_k} but budget.trials is {self.budget.trials}: "
-                             "it cannot confirm more leaders than there are trials; lower confirm.top_k")
+            if "top_k" in self.confirm.model_fields_set:  # the user asked for it: say why it cannot be
+                raise ValueError(f"confirm.top_k is {self.confirm.top_k} but budget.trials is {self.budget.trials}: "
+                                 "it cannot confirm more leaders than there are trials; lower confirm.top_k")
+            object.__setattr__(self, "confirm", self.confirm.model_copy(update={"top_k": self.budget.trials}))
         for comp, how in self.space.components.items():
             if how != "search" and how not in names:
                 raise ValueError(

@@ -103,3 +103,23 @@ def test_prompts_command(tmp_path, capsys):
     assert main(["prompts", "toyworld", "--n", "5", "--tags", "9", "-o", str(tmp_path / "x.json")]) == 2
     assert "at most one tag per category" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_confirm_split_is_disjoint_and_leaves_the_other_splits_alone(tmp_path):
+    vocab = load_vocabulary("toyworld")
+    plain = make_prompt_set(vocab, 16, 3, seed=4)
+    with_confirm = make_prompt_set(vocab, 16, 3, seed=4, confirm=12)
+    assert with_confirm.splits["search"] == plain.splits["search"]
+    assert with_confirm.splits["holdout"] == plain.splits["holdout"]
+    confirm = with_confirm.splits["confirm"]
+    assert len(confirm) == 12
+    others = {p.tags for s in ("search", "holdout") for p in with_confirm.splits[s]}
+    assert not others & {p.tags for p in confirm}
+    assert not {p.seed for s in ("search", "holdout") for p in with_confirm.splits[s]} & {p.seed for p in confirm}
+    # a hand-made file whose confirm split repeats a search prompt is refused by name
+    data = json.loads(with_confirm.model_dump_json())
+    data["splits"]["confirm"][0] = data["splits"]["search"][0]
+    path = tmp_path / "overlap.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BenchmarkError, match="is in both splits 'search' and 'confirm'"):
+        load_prompt_set(path)

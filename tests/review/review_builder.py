@@ -128,7 +128,7 @@ def build_run(
     layout = layout_for("sd1")
     space = SearchSpace.build(config_obj.space, tuple(names), tuple(layout.blocks), tuple(layout.components))
     prepared = Prepared(config=config_obj, config_text="", family="sd1", sources=tuple(sources), space=space,
-                        prompt_set=SimpleNamespace(hash="feedfacecafe0001"),
+                        prompt_set=SimpleNamespace(hash="feedfacecafe0001", splits={"search": (), "holdout": (), "confirm": ()}),
                         storage=make_storage(config_obj.storage_url), evaluator=EvaluatorSpec())
     pool = StandinPool(score, root, fail_number=len(sources) + 1 + n_sampled)
     run_search(prepared, pool=pool)

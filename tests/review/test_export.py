@@ -49,7 +49,10 @@ def test_export_metadata_holds_a1111_keys_and_provenance(export_run_shared, expo
     assert record["study"] == study.study_name and record["trial"] == best.number
     stored = study.trials[best.number]
     assert record["scores"]["search"] == pytest.approx(stored.value) == pytest.approx(record["scores"]["objective"])
-    assert record["scores"]["holdout_categories"] == stored.user_attrs["holdout_categories"]
+    # the reported best is the confirmed one: its holdout and confirm scores were stored after it finished
+    assert best.confirm is not None and record["scores"]["confirm"] == pytest.approx(best.confirm)
+    assert record["scores"]["holdout_categories"] == best.holdout_categories
+    assert record["comparisons"] and record["comparisons"][0].startswith(f"best = trial {best.number}")
     assert meta["mergesearch.tag_recall"] == f"{stored.value:.6f}"
     assert record["benchmark"]["prompt_set_hash"] == study.user_attrs["prompt_set_hash"]
     assert record["benchmark"]["tagger"] == "toyworld" and record["sampler"] == study.user_attrs["sampler"]

@@ -72,3 +72,17 @@ def test_shipped_configs_are_valid(name):
     check_objective(cfg)
     ps = build_prompt_set(cfg)
     assert len(ps.prompts("search")) == cfg.objective.n == len(ps.prompts("holdout"))
+
+
+def test_confirm_and_method_errors_before_any_trial(tmp_path):
+    import pytest
+
+    from search.config import ConfigError, parse_config
+
+    base = {"name": "t", "models": [{"name": "a", "path": "a.safetensors"}, {"name": "b", "path": "b.safetensors"}],
+            "objective": {"vocabulary": "toyworld", "n": 4}, "budget": {"trials": 5}}
+    with pytest.raises(ConfigError, match="confirm.top_k is 8 but budget.trials is 5"):
+        parse_config({**base, "confirm": {"top_k": 8}})
+    assert parse_config({**base, "budget": {"trials": 2}}).confirm.top_k == 2  # the default adapts
+    with pytest.raises(ConfigError, match="did you mean 'ties'"):
+        parse_config({**base, "space": {"method": {"name": "tie"}}})
