@@ -25,7 +25,7 @@ from .hashing import file_sha256
 from .layout import layout_for
 from .lowrank import effective_rank_error, low_rank  # noqa: F401  (re-exported: one SVD for repair and LoRA)
 from .maths import all_finite
-from .merge import OUT_DTYPES, one_torch_thread
+from .merge import FP8, OUT_DTYPES, one_torch_thread, output_dtype
 from .outputs import check_output
 from .safetensors_file import StreamingWriter, atomic_output, tensor_bytes
 
@@ -100,7 +100,8 @@ def repair_to_file(
             "repair needs two models of one family"
         )
     layout = layout_for(ca.family)
-    out_dtype = OUT_DTYPES[dtype]
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(OUT_DTYPES)}")
     plan: list[tuple[str, bool]] = []  # (key, merged?)
     for key in ca.file_order(ca.keys()):
         mergeable = layout.block_of(key) is not None and ca.dtype(key).is_floating_point
@@ -127,7 +128,9 @@ def repair_to_file(
             )
     source = {k: ca for k, _m in plan} | {k: cb for k in only_b}
     plan += [(k, False) for k in only_b]
-    entries = {k: (out_dtype if m else source[k].dtype(k), source[k].shape(k)) for k, m in plan}
+    # fp8 applies to the UNet only, as in merges (merge.output_dtype)
+    out_dtypes = {k: output_dtype(dtype, layout.block_of(k), layout) if m else source[k].dtype(k) for k, m in plan}
+    entries = {k: (out_dtypes[k], source[k].shape(k)) for k, _m in plan}
     stats = ContactStats(rank=rank)
     hashes: dict[str, str] = {}
     hasher = threading.Thread(
@@ -148,7 +151,7 @@ def repair_to_file(
         hasher.start()
         writer = StreamingWriter(fd, out, entries, metadata(False))
         with writer:
-            _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtype, stats, progress)
+            _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtypes, stats, progress)
         hasher.join()
         writer.finish(metadata(True))
     return stats
@@ -167,7 +170,7 @@ def _refuse_unplaced(ckpt, key: str, layout) -> None:
         )
 
 
-def _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtype, stats, progress) -> None:
+def _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtypes, stats, progress) -> None:
     for key, mergeable in tqdm(plan, desc="repairing", disable=not progress, leave=False):
         if not mergeable:
             writer.put(key, source[key].raw_bytes(key))
@@ -184,4 +187,11 @@ def _repair_keys(writer, plan, source, ca, cb, rank, exact, out_dtype, stats, pr
             stats.low_rank_keys += 1
             stats.randomized_keys += int(randomized)
             stats.residuals[key] = residual
-        writer.put(key, tensor_bytes(merged.to(out_dtype)))
+        out_dtype = out_dtypes[key]
+        result = merged.to(out_dtype)
+        too_big = out_dtype in FP8 and float(merged.abs().max()) > torch.finfo(out_dtype).max  # fp8 casts saturate
+        if too_big or not all_finite(result):
+            raise CheckpointError(
+                f"repaired key {key!r} overflows {str(out_dtype).removeprefix('torch.')}; use --dtype bf16 or fp32"
+            )
+        writer.put(key, tensor_bytes(result))

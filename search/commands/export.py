@@ -29,8 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--trial", default="best", metavar="best|N",
                         help="which trial: 'best' (default) or a completed trial's number")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.safetensors", help="output file")
-    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                        help="output dtype (default: the recipe's, as searched)")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"), default=None,
+                        help="output dtype (default: the recipe's, as searched; fp8 for the UNet only)")
     parser.add_argument("--repair-with", type=Path, default=None, metavar="B",
                         help="contact-merge the export toward checkpoint B (low-rank repair of distortions)")
     parser.add_argument("--rank", type=int, default=4, metavar="R", help="rank of the contact merge (default 4)")

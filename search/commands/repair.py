@@ -31,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="the repaired .safetensors to write")
     p.add_argument("--rank", type=int, default=4, help="rank R kept per tensor (default 4)")
     p.add_argument(
-        "--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="output dtype (default fp16)"
+        "--dtype", choices=["fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"], default="fp16",
+        help="output dtype (default fp16; fp8 for the UNet only, TE/VAE fp16)"
     )
     p.add_argument("--exact", action="store_true", help="exact SVD everywhere (slower; no randomised SVD)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")

@@ -16,7 +16,7 @@ from search.review.run import ReviewError, RunFolder
 from search.review.trials import pick_trial, trial_recipe
 from search.trial_record import TrialRecord
 
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2")
 
 
 class ExportResult(BaseModel):

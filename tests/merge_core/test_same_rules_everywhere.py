@@ -131,3 +131,23 @@ def test_search_refuses_a_source_lacking_a_part(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(f"models.novae: {no_vae} has no key 'first_stage_model.")) as err:
             search_prepare(tmp_path, {"base": base, "novae": no_vae}, vae=vae)
         assert "(VAE) that model 'base' has" in str(err.value) and "use a full checkpoint" in str(err.value)
+
+
+@pytest.mark.parametrize("fp8", ["fp8_e4m3fn", "fp8_e5m2"])
+def test_repair_writes_fp8_like_merge(tmp_path, fp8):
+    """fp8 output holds the UNet only, in repair as in merge; values = fp8(A + rank-r(B - A)) for rank >= side."""
+    a = save(tiny_checkpoint("sd1", seed=1, max_dim=2), tmp_path / "a.safetensors")
+    b = save(tiny_checkpoint("sd1", seed=2, max_dim=2, dtype=torch.bfloat16), tmp_path / "b.safetensors")
+    out = tmp_path / "r.safetensors"
+    repair_to_file(a, b, out, rank=8, dtype=fp8, progress=False)  # full rank: the result is B
+    tb, tr = load_file(b), load_file(out)
+    want = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[fp8]
+    for key, t in tr.items():
+        if not t.is_floating_point():
+            continue
+        if key.startswith(UNET):
+            assert t.dtype == want, key
+            np.testing.assert_array_equal(t.double().numpy(), tb[key].float().to(want).double().numpy())
+        else:
+            assert t.dtype == torch.float16, key
+            np.testing.assert_array_equal(t.double().numpy(), tb[key].float().half().double().numpy())

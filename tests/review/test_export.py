@@ -171,3 +171,17 @@ def test_export_never_overwrites_a_source_or_the_repair_donor(export_run, tmp_pa
     assert f"{victim}: is one of the inputs" in _err(capsys)
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
     assert not [p for p in victim.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_fp8_export_holds_the_unet_in_fp8(export_run_shared, tmp_path):
+    fp32 = export_trial(load_run(export_run_shared), tmp_path / "t32.safetensors", trial=2, dtype="fp32",
+                        progress=False).path
+    out = tmp_path / "t8.safetensors"
+    assert main(["export", str(export_run_shared), "--trial", "2", "--dtype", "fp8_e4m3fn", "-o", str(out)]) == 0
+    full, small = load_state_dict(fp32), load_state_dict(out)
+    for key, t in small.items():
+        if not t.is_floating_point():
+            continue
+        want = torch.float8_e4m3fn if key.startswith("model.diffusion_model.") else torch.float16
+        assert t.dtype == want, key
+        assert torch.equal(t.float(), full[key].to(want).float()), key
