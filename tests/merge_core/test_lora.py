@@ -313,3 +313,46 @@ def test_cli_extract_apply_merge(tmp_path, capsys):
     assert main(["lora", "merge", f"{lora}:0.5", f"{lora}:0.5", "-o", str(merged), "-q"]) == 0
     assert main(["lora", "apply", str(z["base"]), f"{lora}:1:1,2", "-o", str(tmp_path / "x.safetensors")]) == 1
     assert "17 or 26" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_sdxl_lora_on_both_text_encoders_and_the_ldm_named_unet(tmp_path):
+    """SDXL: lora_te1 (CLIP-L), lora_te2 (OpenCLIP bigG, k rows of the fused in_proj) and an ldm-named
+    UNet module, against numpy."""
+    sd = tiny_state_dict("sdxl", seed=4, dtype=torch.float32)
+    model = save_safetensors(sd, tmp_path / "xl.safetensors")
+    g = torch.Generator().manual_seed(1)
+    te1 = "conditioner.embedders.0.transformer.text_model.encoder.layers.1.mlp.fc2.weight"
+    te2 = "conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_weight"
+    unet = "model.diffusion_model.output_blocks.2.1.transformer_blocks.0.attn2.to_v.weight"
+    w = sd[te2].shape[0] // 3
+    mods = {
+        "lora_te1_text_model_encoder_layers_1_mlp_fc2": (torch.randn(2, sd[te1].shape[1], generator=g),
+                                                         torch.randn(sd[te1].shape[0], 2, generator=g), 1.0),
+        "lora_te2_text_model_encoder_layers_2_self_attn_k_proj": (torch.randn(1, sd[te2].shape[1], generator=g),
+                                                                  torch.randn(w, 1, generator=g), 2.0),
+        "lora_unet_output_blocks_2_1_transformer_blocks_0_attn2_to_v": (
+            torch.randn(3, sd[unet].shape[1], generator=g), torch.randn(sd[unet].shape[0], 3, generator=g), 3.0),
+    }
+    lora = _lora_file(tmp_path / "xl-lora.safetensors", mods)
+    # BASE=0.5 for the text encoders, OUT02=2 (20-value SDXL layout: BASE, IN00..IN08, M00, OUT00..OUT08)
+    blocks = ["0.5"] + ["0"] * 10 + ["0", "0", "2"] + ["0"] * 6
+    apply_loras_to_file(model, [LoraSpec(str(lora), 1.0, ",".join(blocks))], tmp_path / "o.safetensors",
+                        dtype="fp32", progress=False)
+    got = load_file(tmp_path / "o.safetensors")
+
+    def npdelta(name, ratio):
+        down, up, alpha = mods[name]
+        return ratio * (alpha / down.shape[0]) * (up.numpy() @ down.numpy())
+
+    np.testing.assert_allclose(got[te1].numpy(), sd[te1].numpy() + npdelta(
+        "lora_te1_text_model_encoder_layers_1_mlp_fc2", 0.5), rtol=1e-5, atol=1e-5)
+    expect = sd[te2].numpy().copy()
+    expect[w:2 * w] += npdelta("lora_te2_text_model_encoder_layers_2_self_attn_k_proj", 0.5)
+    np.testing.assert_allclose(got[te2].numpy(), expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[unet].numpy(), sd[unet].numpy() + npdelta(
+        "lora_unet_output_blocks_2_1_transformer_blocks_0_attn2_to_v", 2.0), rtol=1e-5, atol=1e-5)
+    # an SD1 LoRA (lora_te_) on this SDXL model is refused by name
+    sd1 = _lora_file(tmp_path / "sd1-lora.safetensors", {
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": (torch.zeros(1, 6), torch.zeros(6, 1), 1.0)})
+    with pytest.raises(CheckpointError, match="LoRA for SD1/SD2"):
+        apply_loras_to_file(model, [LoraSpec(str(sd1))], tmp_path / "x.safetensors", progress=False)
