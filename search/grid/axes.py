@@ -151,7 +151,9 @@ def parse_axis(spec: str, layout) -> Axis:
                     chosen = parse_block_set(v, layout, where=f"mbw row {v!r}: ")
                     rows.append({b: 1.0 if b in chosen else 0.0 for b in layout.blocks})
                 else:
-                    per_block, _base = parse_block_list(v, layout)
+                    per_block, base_alpha = parse_block_list(v, layout)
+                    if base_alpha is not None:  # SuperMerger's BASE slot: the text encoder(s) and the VAE
+                        per_block.update({c: base_alpha for c in layout.components})
                     rows.append(per_block)
             values = tuple(rows)
             labels = tuple(v if len(v) <= 24 else v[:21] + "..." for v in raw)
@@ -295,6 +297,8 @@ def build_cells(base: GridBase, axes: list[Axis], layout, family, resolve) -> li
                     a = round(rng.random(), 3)  # SuperMerger's "R": uniform [0, 1), 3 decimals
             elif st.pinpoint is not None and wid not in st.pinpoint:
                 a = base.alpha
+            elif st.mbw is not None and wid in st.mbw:
+                a = st.mbw[wid]
             weights[wid] = _vector(method, len(srcs), a, st.beta)
         update = {}
         if st.elemental:

@@ -156,3 +156,16 @@ def test_recipe_refuses_bad_rules(two_models):
         Recipe.model_validate({**base.model_dump(), "elemental": parse_elemental("IN01::0.1/0.2", SD1)})
     with pytest.raises(ValueError, match="Adjust takes 8 values"):
         Recipe.model_validate({**base.model_dump(), "adjust": {"values": [1, 2, 3]}})
+
+
+def test_sdxl_elemental_uses_sdxl_block_names():
+    """SuperMerger addresses SDXL blocks with SD1 names in Elemental (its issue #468); here names are the family's."""
+    xl = layout_for("sdxl")
+    mid = U + "middle_block.1.transformer_blocks.0.attn2.to_k.weight"
+    out = U + "output_blocks.0.1.transformer_blocks.0.attn2.to_k.weight"
+    entries = parse_elemental("M00:attn2:0.1, OUT00:attn2:0.2", xl)
+    assert xl.block_of(mid) == "M00" and xl.block_of(out) == "OUT00"
+    assert elemental_params(entries, mid, "M00", (0.5,)) == (0.1,)
+    assert elemental_params(entries, out, "OUT00", (0.5,)) == (0.2,)
+    with pytest.raises(ElementalError, match="unknown block 'OUT09' for SDXL"):
+        parse_elemental("OUT09::0.3", xl)

@@ -84,3 +84,26 @@ def test_grid_cells_equal_streamed_merges_and_are_reused(models, tmp_path):
     again = json.loads((out / "grid.json").read_text())
     assert again["timings"]["rendered"] == 0 and again["timings"]["reused"] == 8
     assert {c["image"]: (out / c["image"]).read_bytes() for c in again["cells"]} == before
+
+
+def test_axis_values_become_recipes(models):
+    """alpha ranges, MBW rows (numbers with BASE, or a block set), random weights: the recipes by hand."""
+    from merge_core import layout_for
+    from search.grid.axes import GridBase, build_cells, parse_axis
+
+    sd1 = layout_for("sd1")
+    assert parse_axis("alpha=0..1x5", sd1).values == (0.0, 0.25, 0.5, 0.75, 1.0)
+    row = ",".join(["0.9"] + [str(i / 100) for i in range(25)])  # BASE first, then IN00..OUT11
+    axes = [parse_axis(f"mbw={row}|OUT00-OUT11", sd1), parse_axis("random=2", sd1)]
+    cells = build_cells(GridBase(models=tuple(models[:2]), prompt="red"), axes[:1], sd1, "sd1", lambda s: s)
+    w = cells[0].recipe["weights"]
+    assert w["IN00"] == [0.0] and w["M00"] == [0.12] and w["OUT11"] == [0.24] and w["TE"] == [0.9] == w["VAE"]
+    w = cells[1].recipe["weights"]
+    assert w["IN05"] == [0.0] and w["OUT05"] == [1.0] and w["TE"] == [0.5]  # block set: 1 there, 0 elsewhere
+    dice = build_cells(GridBase(models=tuple(models[:2]), prompt="red", dice_seed=7), axes[1:], sd1, "sd1",
+                       lambda s: s)
+    again = build_cells(GridBase(models=tuple(models[:2]), prompt="red", dice_seed=7), axes[1:], sd1, "sd1",
+                        lambda s: s)
+    assert [c.recipe for c in dice] == [c.recipe for c in again]  # seeded: the same rolls every time
+    rolls = [c.recipe["weights"]["IN04"][0] for c in dice]
+    assert rolls[0] != rolls[1] and all(0 <= r < 1 for r in rolls)
