@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 _M32 = 0xFFFFFFFF
@@ -39,8 +40,27 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
 def hashed_uniform(stream: int, offset: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``n`` fp32 values in [0, 1): element j is ``lowbias32((stream + offset + j) mod 2^32) >> 8`` / 2^24.
 
-    The top 24 bits make every value exact in fp32.
+    The top 24 bits make every value exact in fp32. On CPU the hash runs in numpy's uint32 (native
+    wrap-around multiplies and logical shifts: about 1 ns an element, against about 100 ns for the
+    int64 torch form); other devices use the torch form. Both give the same bits (tested).
     """
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(_hashed_uniform_numpy(stream, offset, n))
     idx = torch.arange(offset, offset + n, dtype=torch.int64, device=device)
     x = lowbias32((idx + stream) & _M32)
     return (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def _hashed_uniform_numpy(stream: int, offset: int, n: int) -> np.ndarray:
+    """:func:`hashed_uniform` in numpy uint32 arithmetic (all operations wrap mod 2^32)."""
+    x = np.arange(n, dtype=np.uint32)
+    x += np.uint32((stream + offset) & _M32)  # wraps like (stream + offset + j) mod 2^32
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    x >>= np.uint32(8)
+    out = x.astype(np.float32)
+    out *= np.float32(1.0 / (1 << 24))
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .hashed_uniform import hashed_uniform, stream_key
@@ -17,10 +18,56 @@ from .registry import BlockParams, KeyContext, MergeMethod, Param, register
 _LAMBDA = Param("lambda", 1.0, 0.0, 4.0, "scale of the merged task vector")
 
 
+_WHOLE_SELECT = 1 << 13  # up to this many elements, one selection over the whole tensor is cheap
+_SAMPLE = 1 << 14  # largest strided sample that brackets the k-th largest value of a bigger tensor
+
+
+def _smallest(values: torch.Tensor, ranks: Sequence[int]) -> list[float]:
+    """The ``ranks``-th smallest elements (0-based) of a flat fp32 tensor, as Python floats (exact).
+
+    numpy's introselect on CPU (about 3x faster than ``torch.kthvalue`` there, several ranks in one
+    call); ``torch.kthvalue`` elsewhere. Both are exact, so the result is the same on every device.
+    """
+    if values.device.type == "cpu":
+        part = np.partition(values.numpy(), list(ranks))
+        return [float(part[r]) for r in ranks]
+    return [float(torch.kthvalue(values, r + 1).values) for r in ranks]
+
+
+def kth_largest(values: torch.Tensor, k: int) -> float:
+    """The ``k``-th largest element (1 <= k <= numel) of the flat fp32 tensor ``values`` (exact).
+
+    Exactly ``torch.kthvalue(values, numel - k + 1).values``, but a selection over a whole tensor
+    costs about 30-90 ns an element on CPU and an SD1.5 task vector has 1e9 elements. So the value
+    is bracketed by two order statistics of a strided sample (rank k/numel of the sample +- 5
+    binomial standard deviations), the elements above the bracket are counted, and the exact
+    selection runs only on the elements inside it (a few percent). If the bracket misses (a sample
+    unlike the tensor), the whole tensor is selected from. Raises ValueError for k out of range.
+    """
+    n = values.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k = {k} is outside [1, {n}]")
+    if n <= _WHOLE_SELECT:
+        return _smallest(values, [n - k])[0]
+    sample = values[:: n // min(_SAMPLE, n // 32)].contiguous()  # 256 .. 2 * _SAMPLE elements
+    s = sample.numel()
+    mid = k / n * s
+    margin = 5.0 * math.sqrt(mid * (1.0 - k / n)) + 16.0
+    # hi: most likely above the k-th largest; lo: most likely below it (ranks counted from the top)
+    hi, lo = _smallest(sample, [s - max(1, math.floor(mid - margin)), s - min(s, math.ceil(mid + margin))])
+    above = int((values > hi).sum())
+    if above < k:
+        band = values[(values >= lo) & (values <= hi)]
+        rank = k - above  # the k-th largest overall is the rank-th largest inside [lo, hi]
+        if rank <= band.numel():
+            return _smallest(band, [band.numel() - rank])[0]
+    return _smallest(values, [n - k])[0]
+
+
 def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
     """``tau`` with all but its ``ceil(density * numel)`` largest-magnitude elements set to 0.
 
-    The threshold is the k-th largest |tau| (``torch.kthvalue``); elements tied with it are all
+    The threshold is the k-th largest |tau| (:func:`kth_largest`); elements tied with it are all
     kept, so a tensor with repeated magnitudes may keep slightly more than k. density >= 1 keeps
     everything, density <= 0 nothing. Shapes and dtype are kept.
     """
@@ -30,43 +77,70 @@ def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
         return tau
     if k == 0:
         return torch.zeros_like(tau)
-    mag = tau.abs().reshape(-1)
-    threshold = torch.kthvalue(mag, n - k + 1).values
-    return torch.where(tau.abs() >= threshold, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))
+    return _trim_top_k_(tau.clone(), k)
 
 
-def disjoint_merge(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+def _trim_top_k_(tau: torch.Tensor, k: int) -> torch.Tensor:
+    """In place: zero all but the ``k`` (0 < k < numel) largest-magnitude elements of ``tau``."""
+    mag = tau.abs()
+    threshold = kth_largest(mag.reshape(-1), k)  # an fp32 value, compared exactly
+    return tau.masked_fill_(mag < threshold, 0.0)
+
+
+def disjoint_merge(deltas: Sequence[torch.Tensor] | torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     """TIES' sign election and disjoint mean over weighted task vectors ``deltas`` (w_i * tau_i).
 
     sign = sign(sum_i deltas_i); an element of delta_i counts when it is non-zero and has that sign;
     result = sum of counted deltas / sum of the counted models' weights (0 where none counts), so
     equal weights give the paper's disjoint mean (Yadav et al. 2023, arXiv:2306.01708, eq. 2-3;
     the weight normalisation is mergekit's ``ties`` with ``normalize``).
+    ``deltas``: same-shape fp32 tensors, or one tensor stacked along a new dim 0 (one pass per step
+    over all models instead of one per model: most keys are small and per-op overhead dominates).
     """
-    total = torch.zeros_like(deltas[0])
-    for d in deltas:
-        total.add_(d)
-    sign = torch.sign(total)
-    num = torch.zeros_like(total)
-    den = torch.zeros_like(total)
-    for d, w in zip(deltas, weights, strict=True):
-        agree = (torch.sign(d) == sign) & (d != 0)
-        num.add_(torch.where(agree, d, 0.0))
-        den.add_(agree.to(den.dtype), alpha=w)
+    d = deltas if isinstance(deltas, torch.Tensor) else torch.stack(list(deltas))
+    sign = torch.sign(d.sum(0))
+    # 1.0 where an element is non-zero and of the elected sign (sign is -1, 0 or +1), else 0.0
+    agree = torch.mul(d, sign).gt_(0.0)
+    w = torch.tensor(list(weights), dtype=d.dtype, device=d.device).reshape(-1, *([1] * (d.ndim - 1)))
+    den = (agree * w).sum(0)
+    num = agree.mul_(d).sum(0)
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+
+_TIES_CHUNK = 1 << 18  # elements per pass of TIES' elementwise part: its temporaries stay in cache
 
 
 def _ties(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> torch.Tensor:
     base = ts[0]
-    deltas, weights = [], []
-    for m, w in zip(ts[1:], p.weights, strict=True):
-        if w == 0.0:
-            continue
-        deltas.append(trim_top_k(m - base, p["density"]).mul_(w))
-        weights.append(w)
-    if not deltas:
+    used = [(m, w) for m, w in zip(ts[1:], p.weights, strict=True) if w != 0.0]
+    if not used:
         return base.clone()
-    return base + p["lambda"] * disjoint_merge(deltas, weights)
+    n = base.numel()
+    k = min(n, max(0, math.ceil(p["density"] * n - 1e-9)))  # as trim_top_k
+    # Only the trim threshold needs the whole task vector; the rest is elementwise and runs in
+    # cache-sized chunks (about 3x faster on CPU, and the memory stays near one copy of the key).
+    thresholds = []
+    for m, _w in used:
+        if k >= n:
+            thresholds.append(None)  # keep everything
+        elif k == 0:
+            thresholds.append(math.inf)  # keep nothing
+        else:
+            thresholds.append(kth_largest((m - base).abs_().reshape(-1), k))
+    weights = [w for _, w in used]
+    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
+    flat_out, flat_base = out.view(-1), base.reshape(-1)
+    flats = [m.reshape(-1) for m, _ in used]
+    for s in range(0, n, _TIES_CHUNK):
+        b = flat_base[s : s + _TIES_CHUNK]
+        # the task vectors stacked along dim 0: each step below is one op over all models
+        d = torch.stack([f[s : s + _TIES_CHUNK] for f in flats]).sub_(b)
+        for row, thr, w in zip(d, thresholds, weights, strict=True):
+            if thr is not None:
+                row.masked_fill_(row.abs() < thr, 0.0)  # trim_top_k with the whole tensor's threshold
+            row.mul_(w)
+        torch.add(b, disjoint_merge(d, weights).mul_(p["lambda"]), out=flat_out[s : s + _TIES_CHUNK])
+    return out
 
 
 def dare_mask_rescale(tau: torch.Tensor, p: float, ctx: KeyContext, index: int) -> torch.Tensor:

@@ -52,7 +52,9 @@ def run(args) -> int:
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))
         for r in table:
-            print("| " + " | ".join(f"`{r[c]}`" if c in ("method", "formula") else r[c] for c in cols) + " |")
+            # a '|' in a formula (|A|, |B-C|) would end the cell, code span or not: escape it
+            cells = [(f"`{r[c]}`" if c in ("method", "formula") else r[c]).replace("|", "\\|") for c in cols]
+            print("| " + " | ".join(cells) + " |")
         return 0
     for r in table:
         also = f" (also: {r['spellings']})" if r["spellings"] else ""

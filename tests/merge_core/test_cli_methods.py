@@ -56,3 +56,6 @@ def test_self_takes_one_model_and_methods_lists_the_registry(tmp_path, capsys):
     for name in ("weighted-sum", "ties", "dare", "slerp", "cosine-a", "train-difference", "smooth-add", "extract",
                  "tensor2", "self"):
         assert f"| `{name}` |" in table
+    # every row has exactly six cells: pipes inside formulas (|A||B|) are escaped
+    for line in table.splitlines():
+        assert line.replace("\\|", "").count("|") == 7, line
