@@ -57,7 +57,10 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
     hi, lo = _smallest(sample, [s - max(1, math.floor(mid - margin)), s - min(s, math.ceil(mid + margin))])
     above = int((values > hi).sum())
     if above < k:
-        band = values[(values >= lo) & (values <= hi)]
+        inside = values >= lo
+        inside &= values <= hi
+        band = values[inside]
+        del inside
         rank = k - above  # the k-th largest overall is the rank-th largest inside [lo, hi]
         if rank <= band.numel():
             return _smallest(band, [band.numel() - rank])[0]
@@ -119,16 +122,16 @@ def _ties(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> torch.
     k = min(n, max(0, math.ceil(p["density"] * n - 1e-9)))  # as trim_top_k
     # Only the trim threshold needs the whole task vector; the rest is elementwise and runs in
     # cache-sized chunks (about 3x faster on CPU, and the memory stays near one copy of the key).
+    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
     thresholds = []
     for m, _w in used:
         if k >= n:
             thresholds.append(None)  # keep everything
         elif k == 0:
             thresholds.append(math.inf)  # keep nothing
-        else:
-            thresholds.append(kth_largest((m - base).abs_().reshape(-1), k))
+        else:  # |tau| in the output's buffer: the largest key (SD's token embedding) needs no extra copy
+            thresholds.append(kth_largest(torch.sub(m, base, out=out).abs_().reshape(-1), k))
     weights = [w for _, w in used]
-    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     flats = [m.reshape(-1) for m, _ in used]
     for s in range(0, n, _TIES_CHUNK):

@@ -87,23 +87,17 @@ def toy_share(trials: int, threads: int) -> None:
     )
 
 
-def full_size(family: str, device: str, n_sources: int, repeats: int) -> None:
-    from benchmark import Renderer
+def random_sources(renderer, n_sources: int, g: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    """``n_sources`` fp16 single-file state dicts (random values, the renderer's shapes), as release
+    checkpoints are stored; non-float tensors are the pipeline's own."""
     from benchmark.single_file import to_single_file
-    from merge_core import layout_for
-    from search.mixer import Mixer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    t0 = time.perf_counter()
-    renderer = Renderer(family, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
-    print(f"\n{family} full-size pipeline built in {time.perf_counter() - t0:.0f} s on {device}")
-    g = torch.Generator().manual_seed(0)
     shapes = {
         m: {k: (v.shape, v.is_floating_point()) for k, v in mod.state_dict().items()}
         for m, mod in renderer.modules.items()
     }
     sources = []
-    for _ in range(n_sources):  # fp16 single-file state dicts, as release checkpoints are stored
+    for _ in range(n_sources):
         mods = {
             m: {
                 k: (
@@ -117,6 +111,20 @@ def full_size(family: str, device: str, n_sources: int, repeats: int) -> None:
         }
         sources.append(to_single_file(mods, renderer.family, renderer.configs))
         del mods
+    return sources
+
+
+def full_size(family: str, device: str, n_sources: int, repeats: int) -> None:
+    from benchmark import Renderer
+    from merge_core import layout_for
+    from search.mixer import Mixer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    renderer = Renderer(family, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+    print(f"\n{family} full-size pipeline built in {time.perf_counter() - t0:.0f} s on {device}")
+    g = torch.Generator().manual_seed(0)
+    sources = random_sources(renderer, n_sources, g)
     t0 = time.perf_counter()
     mixer = Mixer(renderer, sources, family=family, source_dtype=torch.float16)
     print(
