@@ -232,6 +232,7 @@ class SearchLoop:
             self.study.tell(t, state=TrialState.FAIL)
             self.stats.failed += 1
             del self._flights[t.number]
+            self._count_for_confirmation()
             return
         if r.status == "pruned":
             record.write(t, saved_seconds=round(r.saved_seconds, 3))
@@ -239,6 +240,7 @@ class SearchLoop:
             self.study.tell(t, state=TrialState.PRUNED)
             self.stats.pruned += 1
             del self._flights[t.number]
+            self._count_for_confirmation()
             return
         value = float(r.value)  # the raw tag recall; the objective is what the sampler is told
         mass = self.space.negative_mass(flight.params) if self.options.negative_penalty else None
@@ -270,6 +272,10 @@ class SearchLoop:
         self.study.tell(flight.trial, flight.value)
         self.stats.complete += 1
         del self._flights[flight.trial.number]
+        self._count_for_confirmation()
+
+    def _count_for_confirmation(self) -> None:
+        """A trial finished (complete, pruned or failed): a confirmation round every `confirm_every`."""
         self._since_confirm += 1
         if self._since_confirm >= self.options.confirm_every and not self._stop:
             self._confirm_round()

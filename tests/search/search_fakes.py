@@ -59,8 +59,9 @@ class NoisyEvaluator:
     ``true + N(0, noise)``, with independent noise per (trial, split, prompt); ``true`` is
     `score_of(recipe)` on the search target for every split, so a trial's true quality is one number."""
 
-    def __init__(self, prompts: int = 32, noise: float = 0.15, seed: int = 0, confirm_prompts: int | None = None) -> None:
-        self.prompts, self.noise, self.seed = prompts, noise, seed
+    def __init__(self, prompts: int = 32, noise: float = 0.15, seed: int = 0, confirm_prompts: int | None = None,
+                 fail_every: int | None = None) -> None:
+        self.prompts, self.noise, self.seed, self.fail_every = prompts, noise, seed, fail_every
         self.confirm_prompts = prompts if confirm_prompts is None else confirm_prompts
 
     @staticmethod
@@ -71,6 +72,9 @@ class NoisyEvaluator:
         import numpy as np
 
         recipe = Recipe.model_validate_json(task.recipe)
+        if self.fail_every and task.split == "search" and task.trial_number % self.fail_every == self.fail_every - 1:
+            return EvalResult(task_id=task.task_id, trial_number=task.trial_number, split=task.split,
+                              status="failed", error="non-finite pixels")
         rng = np.random.default_rng([self.seed, task.trial_number, ("search", "holdout", "confirm").index(task.split)])
         n = self.confirm_prompts if task.split == "confirm" else self.prompts
         per_prompt = self.true_score(recipe) + rng.normal(0.0, self.noise, n)

@@ -56,3 +56,30 @@ def test_confirmed_best_is_the_true_best_more_often():
           f"mean regret {regret_confirm:.4f} vs {regret_search:.4f}")
     assert hit_confirm >= hit_search + 0.15
     assert regret_confirm < 0.5 * regret_search
+
+
+def test_confirmation_rounds_run_every_n_finished_trials_and_at_the_end():
+    space = SearchSpace.build(SpaceSpec(groups={"ALL": ("IN00-IN11", "M00", "OUT00-OUT11")}, default_bounds=(0, 1),
+                                        components={"TE": "base", "VAE": "base"}),
+                              ("base", "a", "b"), BLOCKS, ("TE", "VAE"))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    enqueue_baselines(study, space)
+    rounds = []
+
+    class Spy(SearchLoop):
+        def _confirm_round(self):
+            rounds.append(self.stats.finished)
+            return super()._confirm_round()
+
+    def make_recipe(params, number, baseline):
+        return space.recipe(params, family="sd1", sources=SOURCES, baseline=baseline).model_dump_json()
+
+    pool = LocalPool(EvaluatorSpec(factory="search_fakes:NoisyEvaluator", kwargs={"fail_every": 4}))
+    Spy(study, space, pool, make_recipe=make_recipe,
+        options=LoopOptions(trials=25, prune=False, holdout=True, confirm=True, confirm_top_k=2, confirm_every=10,
+                            poll_seconds=0.01)).run()
+    assert rounds[:2] == [10, 20] and rounds[-1] == 25  # failed trials count as finished too
+    records = record.read_all(study)
+    assert sum(r.state == "FAIL" for r in records) >= 5
+    best = record.best(records)
+    assert best.confirm is not None and best.holdout is not None  # the confirmed best was checked on holdout
