@@ -162,8 +162,9 @@ def toy_trial(args, device: torch.device) -> None:
                                                                            "pil": True},
         f"after (defaults on {device.type}: overlap auto, batch auto)": {},
         "overlap on, batch auto": {"overlap": "on"},
-        "overlap on, whole split per call": {"overlap": "on", "batch": 64},
     }
+    if args.whole_split:
+        variants["overlap on, whole split per call"] = {"overlap": "on", "batch": 64}
     if args.compile != "off":
         variants[f"compile {args.compile}"] = {"compile": args.compile}
     evaluators = {}
@@ -183,15 +184,16 @@ def toy_trial(args, device: torch.device) -> None:
     times: dict[str, list[float]] = {k: [] for k in evaluators}
     scores: dict[str, float] = {}
     names = list(evaluators)
+    n = len(build_prompt_set(cfg).prompts("search"))
+    print(f"\ntoy-world trial ({n} prompts, {o.render.steps} steps, score step {o.batch_size}, {device}, "
+          f"{torch.get_num_threads()} thread(s), median of {args.trial_rounds} interleaved rounds):", flush=True)
     for r in range(args.trial_rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             t = time.perf_counter()
             res = evaluators[name].evaluate(task)
             times[name].append(time.perf_counter() - t)
             scores[name] = res.value
-    n = len(build_prompt_set(cfg).prompts("search"))
-    print(f"\ntoy-world trial ({n} prompts, {o.render.steps} steps, score step {o.batch_size}, {device}, "
-          f"{torch.get_num_threads()} thread(s), median of {args.trial_rounds} interleaved rounds):")
+            print(f"    round {r}: {name}: {times[name][-1]:.2f} s", flush=True)
     ref = statistics.median(times[names[0]])
     for name in names:
         med = statistics.median(times[name])
@@ -233,6 +235,7 @@ def main() -> int:
     ap.add_argument("--compile", default="off", help="render.compile for the scale runs and one toy variant")
     ap.add_argument("--sdxl", action="store_true", help="include SDXL on CPU")
     ap.add_argument("--skip-toy-trial", action="store_true")
+    ap.add_argument("--whole-split", action="store_true", help="toy trial: also time one pipeline call per split")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
