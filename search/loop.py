@@ -62,6 +62,7 @@ class LoopStats:
     best_number: int | None = None
     best_holdout: float | None = None
     confirmed: int = 0  # confirm-split scores computed by this run
+    confirming: int = 0  # confirm/holdout scorings of finished trials in flight or queued
     render_seconds: float = 0.0
     saved_seconds: float = 0.0
     apply_seconds: float = 0.0
@@ -134,6 +135,7 @@ class SearchLoop:
                 for outcome in self.pool.poll(self.options.poll_seconds):
                     self._handle(outcome)
                 self.stats.running = len(self._flights)
+                self.stats.confirming = len(self._late)
                 if self.on_update:
                     self.on_update(self.stats)
         finally:

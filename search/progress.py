@@ -120,6 +120,8 @@ class LiveView:
                     best_holdout=stats.best_holdout, trials_per_hour=rate, eta_seconds=eta,
                     budget_trials=self.budget_trials, saved_seconds=stats.saved_seconds)
         line = format_summary(s)
+        if getattr(stats, "confirming", 0):  # leaders being re-scored on the confirm/holdout splits
+            line += f" | confirming {stats.confirming}"
         if stats.finished_before:
             line = f"[+{stats.finished_before} earlier] " + line
         if self._tty:
