@@ -87,8 +87,12 @@ class PromptSet(BaseModel):
         p.parent.mkdir(parents=True, exist_ok=True)
         data = {"hash": self.hash, **self.model_dump(mode="json")}
         tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
+        try:
+            tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+            raise
         return p
 
 

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling (loading torch, ...)
+        print("\naborted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`mergesearch inspect f --json | head`): stop quietly, as Unix tools do.
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.

@@ -263,6 +263,10 @@ class WorkersSpec(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     poll_seconds: float = Field(default=1.0, gt=0, description="ray.wait timeout")
+    # several drivers on one study: each beats for its trials in flight; another driver recovers a
+    # trial whose beat is older than the grace period (search/liveness.py)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    grace_seconds: float = Field(default=30.0, gt=0)
 
 
 class SearchConfig(_Frozen):
@@ -353,7 +357,8 @@ class SearchConfig(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _format_errors(path: str, exc: ValidationError) -> str:
+def _format_errors(path: str, exc: ValidationError, options: dict[str, tuple[str, Any]] | None = None) -> str:
+    """One line per error naming the file and the key, or the command-line option that set it."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -362,32 +367,64 @@ def _format_errors(path: str, exc: ValidationError) -> str:
             msg = "missing; add this key"
         elif err["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against configs/toyworld.yaml"
-        lines.append(f"{path}: {key}: {msg}")
+        if options and key in options:
+            option, value = options[key]
+            lines.append(f"{option} {value}: {msg} (this option overrides {key} of {path})")
+        else:
+            lines.append(f"{path}: {key}: {msg}")
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], *, source: str = "<config>", root: str | Path = ".") -> SearchConfig:
+def parse_config(data: dict[str, Any], *, source: str = "<config>", root: str | Path = ".",
+                 options: dict[str, tuple[str, Any]] | None = None) -> SearchConfig:
+    """`options`: {dotted key: (command-line option, value)} for keys the command line set, so an
+    error in one of them names the option rather than the file."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys (name, models, objective, ...)")
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise ConfigError(f"{source}: not a mapping of settings (the file holds {kind}); a config is keys "
+                          "such as name, models, objective, budget: see configs/toyworld.yaml")
     try:
         return SearchConfig.model_validate({**data, "root": str(root)})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, options)) from None
 
 
-def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> SearchConfig:
-    """Read and validate a YAML config; relative paths inside it resolve from its folder."""
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None,
+                option_names: dict[str, str] | None = None) -> SearchConfig:
+    """Read and validate a YAML config; relative paths inside it resolve from its folder.
+
+    `overrides`: {dotted key: value} set over the file; `option_names`: {dotted key: "--option"} so an
+    invalid override is blamed on its option. Raises ConfigError (one line per fault, never a traceback)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text); is this the right file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); is this the right file?")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    data = dict(data or {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        parse_config(data, source=str(path))  # raises: not a mapping of settings
+    data = dict(data)
+    options = {}
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    return parse_config(data, source=str(path), root=path.parent.resolve())
+        try:
+            _set_dotted(data, key, value)
+        except (AttributeError, TypeError):
+            raise ConfigError(f"{path}: {key.rsplit('.', 1)[0]} is not a mapping, so it cannot take "
+                              f"{key}; fix the file") from None
+        if option_names and key in option_names:
+            options[key] = (option_names[key], value)
+    return parse_config(data, source=str(path), root=path.parent.resolve(), options=options)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

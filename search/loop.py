@@ -1,6 +1,9 @@
 """The search loop: asynchronous ask/tell keeping every worker busy (no generation barrier).
 
-Only this driver talks to the storage. Each finished candidate gets its recipe, per-category
+Several drivers may run one study (search/liveness.py): each tells only the trials it asked, beats
+for them while they are in flight, asks under the study lock so the budget counts every driver's
+trials, recovers trials whose driver stopped, and waits for other drivers' trials before it exits.
+A holdout check an earlier run lost is redone first. Each finished candidate gets its recipe, per-category
 scores and contact sheet (uploaded before tell); a crash fails the trial and re-enqueues its params
 once; NaN/blank renders fail it for good. Every baseline is also scored on the holdout split before
 it is told.
@@ -15,6 +18,7 @@ split, the best-by-search trial is scored on holdout before it is told, as basel
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +32,8 @@ from optuna.trial import TrialState
 
 from search import trial_record as record
 from search.space import Params, SearchSpace
-from search.study import fail_running, finished_count
+from search.liveness import DEFAULT_GRACE, DEFAULT_INTERVAL, Heartbeat, StudyLock, driver_id
+from search.study import fail_running, finished_count, recover_stale
 from search.tasks import EvalResult, EvalTask
 from search.workers import Crash, WorkerPool
 
@@ -47,6 +52,8 @@ class LoopOptions:
     confirm: bool = False
     confirm_top_k: int = 3
     confirm_every: int = 20
+    heartbeat_seconds: float = DEFAULT_INTERVAL
+    grace_seconds: float = DEFAULT_GRACE
 
 
 @dataclass
@@ -66,6 +73,8 @@ class LoopStats:
     render_seconds: float = 0.0
     saved_seconds: float = 0.0
     apply_seconds: float = 0.0
+    recovered: int = 0  # other drivers' stale trials this driver failed and re-enqueued
+    taken_over: int = 0  # own trials another driver recovered first (this one stalled past the grace period)
     stopped: str = ""
 
     @property
@@ -91,10 +100,13 @@ class SearchLoop:
     def __init__(self, study: optuna.Study, space: SearchSpace, pool: WorkerPool, *,
                  make_recipe: Callable[[Params, int, str | None], str], options: LoopOptions,
                  artifact_dir: str | Path | None = None,
-                 on_update: Callable[[LoopStats], None] | None = None) -> None:
+                 on_update: Callable[[LoopStats], None] | None = None, lock: StudyLock | None = None) -> None:
         self.study, self.space, self.pool = study, space, pool
         self.make_recipe, self.options, self.on_update = make_recipe, options, on_update
         self.store = FileSystemArtifactStore(str(artifact_dir)) if artifact_dir else None
+        self.lock = lock
+        self.driver = driver_id()
+        self.heartbeat = Heartbeat(study._storage, options.heartbeat_seconds)
         self.stats = LoopStats(finished_before=finished_count(study))
         self._flights: dict[int, _Flight] = {}  # trial number -> in-flight trial
         self._queue: list[EvalTask] = []  # holdout tasks, served before new trials
@@ -102,36 +114,79 @@ class SearchLoop:
         self._stop = False
         self._late: set[tuple[int, str]] = set()  # (trial number, split) scored after the trial finished
         self._since_confirm = 0
-        best = record.best(record.read_all(study))
+        self._recovered_at = time.monotonic()
+        records = record.read_all(study)
+        best = record.best(records)
+        self._best: tuple[float, int] | None = None  # best objective scored so far, told or not
         if best is not None:
             self.stats.best_value, self.stats.best_number = best.objective, best.number
             self.stats.best_holdout = best.holdout
+        top = record.best_by_search(records)
+        if top is not None:
+            self._best = (top.objective, top.number)
+        if options.holdout:
+            self._redo_holdout(records, best)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         self._stop = True
         self.stats.stopped = reason
 
+    def _locked(self):
+        return self.lock.held() if self.lock else contextlib.nullcontext()
+
+    def _redo_holdout(self, records: list[record.TrialRecord], best: record.TrialRecord | None) -> None:
+        """Baselines (and the best) whose holdout check an earlier run lost are scored again first."""
+        for r in record.completed(records):
+            # (an error other than a cut-short check, e.g. a render that failed, is not retried)
+            lost = r.holdout_error is None or r.holdout_error.startswith("search stopped")
+            if r.holdout is None and r.recipe and lost and (r.baseline or (best is not None and r.number == best.number)):
+                self._late.add((r.number, "holdout"))
+                self._queue.append(self._task(r.number, r.recipe, "holdout", ()))
+
     # ---- budget ----------------------------------------------------------------------------------
     def _may_ask(self) -> bool:
+        """Call under the study lock: the budget counts every driver's trials, so several drivers on
+        one study stop at exactly `trials` (a failed trial that was re-enqueued is not counted)."""
         o = self.options
         if o.hours is not None and time.time() - self.stats.started_at >= o.hours * 3600:
             self.stats.stopped = self.stats.stopped or "time budget reached"
             return False
         if o.trials is not None:
-            counted = self.stats.finished_before + self.stats.finished + len(self._flights)
-            if counted >= o.trials:
+            trials = record.read_all(self.study.get_trials(deepcopy=False))
+            if any(r.state == "WAITING" for r in trials):
+                return True  # ask pops an enqueued trial (baseline, retry): no new slot
+            if sum(1 for r in trials if not (r.state == "FAIL" and r.requeued)) >= o.trials:
                 return False
         return True
 
+    def _others_running(self) -> bool:
+        """Trials another driver has in flight (they may yet need recovery) or enqueued."""
+        if self.stats.stopped:
+            return False
+        states = (TrialState.RUNNING, TrialState.WAITING)
+        return any(t.number not in self._flights for t in self.study.get_trials(deepcopy=False, states=states))
+
+    def _maybe_recover(self) -> None:
+        if time.monotonic() - self._recovered_at < self.options.heartbeat_seconds:
+            return
+        self._recovered_at = time.monotonic()
+        with self._locked():
+            self.stats.recovered += len(recover_stale(self.study, grace_seconds=self.options.grace_seconds))
+
     # ---- main loop -------------------------------------------------------------------------------
     def run(self) -> LoopStats:
+        self.heartbeat.start()
         try:
             while not self._stop:
+                self._maybe_recover()
                 self._fill()
                 if not self.pool.in_flight() and self.pool.idle() > 0:
                     if self._confirm_round():  # the budget is spent: confirm the leaders once more
                         continue
-                    break  # idle workers and nothing left to give them (no idle worker = restarting)
+                    if self._stop or not self._others_running():
+                        break  # idle workers and nothing left to give them (no idle worker = restarting)
+                    time.sleep(self.options.poll_seconds)  # another driver's trials may still need recovering
+                    continue
                 for outcome in self.pool.poll(self.options.poll_seconds):
                     self._handle(outcome)
                 self.stats.running = len(self._flights)
@@ -139,7 +194,10 @@ class SearchLoop:
                 if self.on_update:
                     self.on_update(self.stats)
         finally:
-            self._abandon_in_flight()
+            try:
+                self._abandon_in_flight()
+            finally:
+                self.heartbeat.stop()
         self.stats.running = 0
         if self.on_update:
             self.on_update(self.stats)
@@ -150,15 +208,19 @@ class SearchLoop:
             if self._queue:
                 self.pool.submit(self._queue.pop(0))
                 continue
-            if not self._may_ask():
-                return
-            trial = self.study.ask()
+            with self._locked():
+                if not self._may_ask():
+                    return
+                trial = self.study.ask()
+                record.write(trial, driver=self.driver)
+                self.heartbeat.add(trial._trial_id)
             try:
                 params = self.space.suggest(trial)
                 recipe = self.make_recipe(params, trial.number, trial.user_attrs.get("baseline"))
             except Exception as exc:  # a sampler or recipe error fails this trial, not the search
                 record.write(trial, fail_reason=f"proposal: {type(exc).__name__}: {exc}")
                 self.study.tell(trial, state=TrialState.FAIL)
+                self.heartbeat.discard(trial._trial_id)
                 self.stats.failed += 1
                 continue
             record.write(trial, recipe=recipe)
@@ -166,10 +228,13 @@ class SearchLoop:
             baseline = record.read(frozen_of(trial)).baseline is not None
             self._submit(trial.number, recipe, "search", () if baseline else self._prune_thresholds())
 
-    def _submit(self, number: int, recipe: str, split: str, prune_below: tuple[float | None, ...]) -> None:
-        task = EvalTask(task_id=self._next_task, trial_number=number, split=split, recipe=recipe,
-                        prune_below=prune_below)
+    def _task(self, number: int, recipe: str, split: str, prune_below: tuple[float | None, ...]) -> EvalTask:
         self._next_task += 1
+        return EvalTask(task_id=self._next_task - 1, trial_number=number, split=split, recipe=recipe,
+                        prune_below=prune_below)
+
+    def _submit(self, number: int, recipe: str, split: str, prune_below: tuple[float | None, ...]) -> None:
+        task = self._task(number, recipe, split, prune_below)
         if split != "search" and self.pool.idle() == 0:
             self._queue.append(task)
         else:
@@ -200,14 +265,25 @@ class SearchLoop:
             self._finish_late(number, split, outcome)
             return
         flight = self._flights.get(number)
-        if flight is None:  # stale (e.g. a trial abandoned already)
-            return
-        if split == "holdout":
-            self._finish_holdout(flight, outcome)
-        elif isinstance(outcome, Crash):
-            self._crashed(flight, outcome.error)
-        else:
-            self._finish_search(flight, outcome)
+        if flight is None:
+            return  # stale (e.g. a trial abandoned already)
+        try:
+            if split == "holdout":
+                self._finish_holdout(flight, outcome)
+            elif isinstance(outcome, Crash):
+                self._crashed(flight, outcome.error)
+            else:
+                self._finish_search(flight, outcome)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another driver took this trial for a stopped driver's (this one stalled past the grace
+            # period) and re-enqueued it; its retry will be scored, so this result is dropped
+            self._drop(number)
+            self.stats.taken_over += 1
+
+    def _drop(self, number: int) -> None:
+        flight = self._flights.pop(number, None)
+        if flight is not None:
+            self.heartbeat.discard(flight.trial._trial_id)
 
     def _crashed(self, flight: _Flight, error: str) -> None:
         t = flight.trial
@@ -215,7 +291,7 @@ class SearchLoop:
         first = not (mine.retry_of is not None and mine.retry_reason == "crash")
         frozen = self.study._storage.get_trial(t._trial_id)
         fail_running(self.study, frozen, reason="crash", detail=error, retry=first)
-        del self._flights[t.number]
+        self._drop(t.number)
         if first:
             self.stats.retried += 1
         else:
@@ -233,7 +309,7 @@ class SearchLoop:
             record.write(t, fail_reason=r.error or "failed")
             self.study.tell(t, state=TrialState.FAIL)
             self.stats.failed += 1
-            del self._flights[t.number]
+            self._drop(t.number)
             self._count_for_confirmation()
             return
         if r.status == "pruned":
@@ -241,7 +317,7 @@ class SearchLoop:
             self.stats.saved_seconds += r.saved_seconds
             self.study.tell(t, state=TrialState.PRUNED)
             self.stats.pruned += 1
-            del self._flights[t.number]
+            self._drop(t.number)
             self._count_for_confirmation()
             return
         value = float(r.value)  # the raw tag recall; the objective is what the sampler is told
@@ -251,9 +327,9 @@ class SearchLoop:
             value -= self.options.negative_penalty * mass
         self._upload_sheet(t, r.sheet)
         flight.value, flight.result = value, r
-        is_best = self.stats.best_value is None or value > self.stats.best_value
+        is_best = self._best is None or value > self._best[0]
         if is_best:
-            self.stats.best_value, self.stats.best_number, self.stats.best_holdout = value, t.number, None
+            self._best = (value, t.number)
         baseline = record.read(frozen_of(t)).baseline
         if self.options.holdout and (baseline or (is_best and not self.options.confirm)):
             self._submit(t.number, flight.recipe, "holdout", ())
@@ -266,14 +342,17 @@ class SearchLoop:
             record.write(t, holdout_error=r.error if isinstance(r, Crash) else (r.error or r.status))
         else:
             record.write(t, **record.result_fields("holdout", r))
-            if self.stats.best_number == t.number:
-                self.stats.best_holdout = float(r.value)
         self._tell_complete(flight)
 
     def _tell_complete(self, flight: _Flight) -> None:
-        self.study.tell(flight.trial, flight.value)
+        t = flight.trial
+        self.study.tell(t, flight.value)
         self.stats.complete += 1
-        del self._flights[flight.trial.number]
+        self._drop(t.number)
+        # the live line shows a best only once it is told (and counted as complete)
+        if self.stats.best_value is None or flight.value > self.stats.best_value:
+            self.stats.best_value, self.stats.best_number = flight.value, t.number
+            self.stats.best_holdout = record.read(frozen_of(t)).holdout
         self._count_for_confirmation()
 
     def _count_for_confirmation(self) -> None:
@@ -321,6 +400,8 @@ class SearchLoop:
         if split == "confirm":
             self.stats.confirmed += 1
             self._holdout_for_best(record.read_all(self.study))
+        elif split == "holdout" and self.stats.best_number == number:
+            self.stats.best_holdout = float(r.value)
 
     def _upload_sheet(self, trial: optuna.Trial, sheet: bytes | None) -> None:
         if not sheet or self.store is None:
@@ -334,13 +415,16 @@ class SearchLoop:
     def _abandon_in_flight(self) -> None:
         """On stop: in-flight trials are failed and re-enqueued so the next run evaluates them."""
         for number, flight in list(self._flights.items()):
-            if flight.value is not None:  # scored, only its holdout check was pending: keep the score
-                record.write(flight.trial, holdout_error="search stopped before the holdout check")
-                self._tell_complete(flight)
-                continue
-            frozen = self.study._storage.get_trial(flight.trial._trial_id)
-            if frozen.state == TrialState.RUNNING:
-                fail_running(self.study, frozen, reason="interrupted", retry=True)
-            del self._flights[number]
+            try:
+                if flight.value is not None:  # scored, only its holdout check was pending: keep the score
+                    record.write(flight.trial, holdout_error="search stopped before the holdout check")
+                    self._tell_complete(flight)
+                    continue
+                frozen = self.study._storage.get_trial(flight.trial._trial_id)
+                if frozen.state == TrialState.RUNNING:
+                    fail_running(self.study, frozen, reason="interrupted", retry=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.stats.taken_over += 1  # another driver recovered it already
+            self._drop(number)
         self._queue.clear()
         self.pool.close()

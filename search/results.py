@@ -26,6 +26,7 @@ class Row:
     objective: float | None = None  # what the sampler maximised (differs from `search` under a penalty)
     holdout_note: str = ""  # why there is no holdout score
     confirm: float | None = None  # confirm split (leaders and baselines only)
+    penalised: bool = False  # the study's objective is not the raw recall
 
 
 def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[Row]:
@@ -36,9 +37,11 @@ def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[R
     if best is None:
         return []
 
+    penalised = record.penalised_study(records)
+
     def row(label: str, r: TrialRecord) -> Row:
         return Row(label, r.number, r.search, r.holdout, dict(r.search_categories), r.objective,
-                   r.why_no("holdout"), r.confirm)
+                   r.why_no("holdout"), r.confirm, penalised)
 
     rows = [row("best", best)]
     found = record.baselines(records)
@@ -61,8 +64,7 @@ def format_table(rows: Sequence[Row], gaps: Sequence[str] = (), notes: Sequence[
         return "\n".join(["no completed trial yet", *gaps])
     width = max(len(r.label) for r in rows) + 2
     cats = sorted({c for r in rows for c in r.categories})
-    penalised = any(r.objective is not None and r.search is not None and abs(r.objective - r.search) > 1e-12
-                    for r in rows)
+    penalised = any(r.penalised for r in rows)
 
     def f(x: float | None) -> str:
         return "   -  " if x is None else f"{x:6.3f}"

@@ -16,12 +16,20 @@ class RunError(ValueError):
 
 
 class RunInfo(BaseModel):
+    """run.json. `study_name` is the study commands read by default (the latest one a search ran);
+    `studies` lists every study of the run (a `--fork` adds one beside the original), each reachable
+    with `--study NAME`."""
+
     model_config = ConfigDict(frozen=True)
 
     study_name: str
     storage: str
     artifact_dir: str
     config_path: str
+    studies: tuple[str, ...] = ()
+
+    def all_studies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.studies, self.study_name)))
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -50,14 +58,22 @@ def write_run(run_dir: Path, *, study_name: str, storage: str, config_text: str)
     (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     atomic_write(config_path, config_text)
+    studies: tuple[str, ...] = ()
+    if (run_dir / "run.json").is_file():  # a fork (or another config) keeps the studies already here
+        try:
+            studies = RunInfo.model_validate_json((run_dir / "run.json").read_text()).all_studies()
+        except ValueError:
+            studies = ()
     info = RunInfo(study_name=study_name, storage=absolute_storage(storage),
-                   artifact_dir=str((run_dir / "artifacts").resolve()), config_path=str(config_path.resolve()))
+                   artifact_dir=str((run_dir / "artifacts").resolve()), config_path=str(config_path.resolve()),
+                   studies=tuple(dict.fromkeys((*studies, study_name))))
     atomic_write(run_dir / "run.json", json.dumps(info.model_dump(), indent=2) + "\n")
     return info
 
 
-def read_run(arg: str | Path) -> RunInfo:
-    """Accept the run folder or its run.json. A moved folder still finds its own study.db/artifacts."""
+def read_run(arg: str | Path, study: str | None = None) -> RunInfo:
+    """Accept the run folder or its run.json. A moved folder still finds its own study.db/artifacts.
+    `study`: one of the run's studies (`--study NAME`) instead of the latest."""
     path = Path(arg)
     run_json = path / "run.json" if path.is_dir() else path
     if not run_json.is_file():
@@ -76,4 +92,9 @@ def read_run(arg: str | Path) -> RunInfo:
         fixes["artifact_dir"] = str((folder / "artifacts").resolve())
     if not Path(info.config_path).is_file() and (folder / "config.yaml").is_file():
         fixes["config_path"] = str((folder / "config.yaml").resolve())
+    if study is not None and study != info.study_name:
+        if study not in info.all_studies():
+            raise RunError(f"{run_json}: no study {study!r} in this run; its studies are "
+                           f"{', '.join(info.all_studies())} (give one with --study)")
+        fixes["study_name"] = study
     return info.model_copy(update=fixes) if fixes else info

@@ -256,9 +256,15 @@ def open_run(prepared: Prepared, *, fork: bool = False) -> tuple[OpenedStudy, Ru
     # The workers apply this rule themselves (the driver sends the per-batch bars with each task).
     pruner = optuna.pruners.PercentilePruner(config.pruner.percentile, n_startup_trials=config.pruner.startup_trials,
                                              n_warmup_steps=config.pruner.warmup_batches)
+    from search.liveness import StudyLock
+    from search.trial_record import metric_name
+
+    lock = StudyLock(config.storage_url, name)
     opened = open_study(storage=prepared.storage, study_name=name, config_hash=config.config_hash,
                         space=prepared.space, sampler=config.sampler, seed=config.seed, pruner=pruner,
-                        study_attrs=attrs)
+                        study_attrs=attrs, lock=lock, grace_seconds=config.workers.grace_seconds,
+                        metric=metric_name(config.objective.negative_penalty))
+    opened.lock = lock
     text = prepared.config_text or json.dumps(json.loads(config.model_dump_json()), indent=2)
     info = write_run(config.run_dir, study_name=name, storage=config.storage_url, config_text=text)
     return opened, info
@@ -277,9 +283,11 @@ def run_search(prepared: Prepared, *, fork: bool = False, pool: WorkerPool | Non
                           prune_percentile=config.pruner.percentile, holdout=config.holdout,
                           negative_penalty=config.objective.negative_penalty,
                           confirm="confirm" in prepared.prompt_set.splits and config.objective.confirm != 0,
-                          confirm_top_k=config.confirm.top_k, confirm_every=config.confirm.every)
+                          confirm_top_k=config.confirm.top_k, confirm_every=config.confirm.every,
+                          heartbeat_seconds=config.workers.heartbeat_seconds,
+                          grace_seconds=config.workers.grace_seconds)
     loop = SearchLoop(opened.study, prepared.space, pool, make_recipe=prepared.recipe_json, options=options,
-                      artifact_dir=info.artifact_dir, on_update=on_update)
+                      artifact_dir=info.artifact_dir, on_update=on_update, lock=opened.lock)
     if on_loop:
         on_loop(loop)
     stats = loop.run()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -78,7 +81,8 @@ def make_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
     # "already exists". The tables are there by then, so opening again succeeds.
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         except sqlalchemy.exc.DBAPIError as exc:
             if attempt == 2 or not _lost_schema_race(exc):
                 raise
@@ -86,6 +90,30 @@ def make_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """SQLite: one process at a time creates the tables (flock beside the file; released if it dies)."""
+    path = sqlite_path(url)
+    fd = None
+    if path is not None:
+        try:
+            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a read-only folder: readers only, nothing to create
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
 def _lost_schema_race(exc: Exception) -> bool:
+    """Another process created the tables (or stamped the schema version) at the same moment:
+    PostgreSQL says "already exists"/"duplicate key", SQLite "table ... already exists" or
+    "UNIQUE constraint failed: alembic_version.version_num"."""
     text = str(exc).lower()
-    return "already exists" in text or "duplicate key" in text
+    return "already exists" in text or "duplicate key" in text or "unique constraint failed" in text

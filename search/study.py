@@ -1,7 +1,9 @@
-"""Create or resume a study: config-hash guard, stale-trial recovery, baselines enqueued once."""
+"""Create or resume a study: config-hash guard, recovery of trials whose driver stopped, baselines
+enqueued once (under the study lock, so several drivers may open one study at the same moment)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Mapping
@@ -12,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record as record
+from search.liveness import DEFAULT_GRACE, StudyLock, driver_id, stale_trials
 from search.samplers import make_sampler
 from search.space import SearchSpace
 
@@ -28,6 +31,7 @@ class OpenedStudy:
     created: bool
     recovered: list[int]  # numbers of stale RUNNING trials failed and re-enqueued
     enqueued_baselines: list[str]
+    lock: StudyLock | None = None  # the study's cross-process lock, for the loop
 
 
 def fixed_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -63,40 +67,62 @@ def open_study(
     pruner: optuna.pruners.BasePruner | None = None,
     study_attrs: Mapping[str, Any] | None = None,
     startup_trials: int | None = None,
+    lock: StudyLock | None = None,
+    grace_seconds: float = DEFAULT_GRACE,
+    metric: str = METRIC,
 ) -> OpenedStudy:
-    """Create the study, or resume it: same command, same study. Refuses another config's study."""
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    created = study_name not in existing
-    n_existing = 0 if created else len(storage.get_all_trials(storage.get_study_id_from_name(study_name),
-                                                                deepcopy=False))
-    startup = startup_trials if startup_trials is not None else default_startup(space)
-    # Seed shifted by the trials already stored so a resumed run does not replay its first proposals.
-    sampler_obj = make_sampler(sampler, seed=seed + n_existing, n_startup_trials=startup)
-    if created:
-        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                                    sampler=sampler_obj, pruner=pruner)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])
-        for key, value in {**(study_attrs or {}), "config_hash": config_hash, "sampler": sampler}.items():
-            study.set_user_attr(key, value)
-    else:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler_obj, pruner=pruner)
+    """Create the study, or resume it: same command, same study. Refuses another config's study.
+
+    Several drivers may open one study at once (other terminals, other hosts): under `lock` the
+    study is created with its attrs and baselines in one step (a second driver waits, then finds it
+    complete; a creator killed half-way is completed by the next), and only trials whose driver has
+    stopped (search/liveness.py) are failed and re-enqueued."""
+    with lock.held() if lock else contextlib.nullcontext():
+        existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        created = study_name not in existing
+        n_existing = 0 if created else len(storage.get_all_trials(storage.get_study_id_from_name(study_name),
+                                                                    deepcopy=False))
+        startup = startup_trials if startup_trials is not None else default_startup(space)
+        # Seed shifted by the trials already stored so a resumed run does not replay its first proposals.
+        sampler_obj = make_sampler(sampler, seed=seed + n_existing, n_startup_trials=startup)
+        if created:
+            study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                        sampler=sampler_obj, pruner=pruner)
+        else:
+            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler_obj, pruner=pruner)
         stored = study.user_attrs.get("config_hash")
-        if stored != config_hash:
+        if stored is None:  # new, or its creator was killed before it finished setting it up
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric])
+            for key, value in {**(study_attrs or {}), "sampler": sampler}.items():
+                study.set_user_attr(key, value)
+            study.set_user_attr("config_hash", config_hash)  # last: its presence says the set-up is complete
+        elif stored != config_hash:
             raise StudyMismatchError(
                 f"study {study_name!r} in {storage_label(storage)} was made from another space or benchmark "
                 f"(config hash {stored}, this config {config_hash}); run with --fork to start a new study "
                 "beside it, or give the run another name"
             )
-        study.set_user_attr("sampler", sampler)
-    recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # One driver per study: whatever is RUNNING when it starts was left by a dead driver.
-        fail_running(study, t, reason="driver", detail="left RUNNING by a stopped driver", retry=True)
-        recovered.append(t.number)
-    enqueued = enqueue_baselines(study, space)
+        else:
+            study.set_user_attr("sampler", sampler)
+        recovered = recover_stale(study, grace_seconds=grace_seconds)
+        enqueued = enqueue_baselines(study, space)
     return OpenedStudy(study=study, created=created, recovered=recovered, enqueued_baselines=enqueued)
+
+
+def recover_stale(study: optuna.Study, *, grace_seconds: float) -> list[int]:
+    """Fail and re-enqueue the RUNNING trials whose driver has stopped; call it under the study lock.
+
+    A trial another driver failed first (it raced us) is skipped: only one driver re-enqueues it."""
+    out = []
+    for t in stale_trials(study, grace=grace_seconds, exclude_driver=driver_id()):
+        try:
+            fail_running(study, t, reason="driver", detail="left RUNNING by a stopped driver", retry=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        out.append(t.number)
+    return out
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:

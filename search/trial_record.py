@@ -318,6 +318,12 @@ def read_all(trials: optuna.Study | Iterable[FrozenTrial]) -> list[TrialRecord]:
     return [read(t, late.get(t.number)) for t in trials]
 
 
+def penalised_study(records: Iterable[TrialRecord]) -> bool:
+    """True when the study's objective is the recall less a negative-weight penalty (the loop then
+    stores `negative_mass` on every scored trial, zero or not)."""
+    return any(r.negative_mass is not None for r in records)
+
+
 def completed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if r.complete and r.objective is not None]
 

@@ -106,10 +106,52 @@ class LocalPool:
         self._pending.clear()
 
 
+def _watch_driver(driver: str, own_cluster: bool, interval: float = 1.0) -> None:
+    """Exit this worker process soon after its driver is gone. Ray's own clean-up after kill -9 of the
+    driver leaves its agents (ray::DashboardAgent, ray::RuntimeEnvAgent, ~90 MB each) waiting minutes on
+    the dead GCS; when the driver started a private cluster (`own_cluster`), they are ended here too.
+    Only a driver on this host can be checked; on other hosts Ray's job clean-up remains."""
+    import threading
+
+    from search.liveness import driver_alive
+
+    if driver_alive(driver) is not True:
+        return  # another host (or unknown): nothing to watch from here
+    raylet = os.getppid()
+
+    def cluster_processes() -> list:
+        """The private cluster's other processes: the raylet's children but this one (agents, workers)."""
+        if not own_cluster:
+            return []
+        try:
+            import psutil
+
+            return [p for p in psutil.Process(raylet).children() if p.pid != os.getpid()]
+        except Exception:  # noqa: BLE001 - the raylet is gone already: keep the last list
+            return []
+
+    def watch() -> None:
+        helpers = cluster_processes()
+        while True:
+            time.sleep(interval)
+            if driver_alive(driver) is False:
+                for p in helpers:
+                    try:
+                        p.kill()
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+                os._exit(0)
+            helpers = cluster_processes() or helpers  # refreshed: restarted workers, pre-started idle ones
+
+    threading.Thread(target=watch, name="mergesearch-driver-watch", daemon=True).start()
+
+
 class _Actor:
     """Body of the Ray actor (wrapped by ray.remote in RayPool, so this module imports without Ray)."""
 
-    def __init__(self, spec: EvaluatorSpec, index: int) -> None:
+    def __init__(self, spec: EvaluatorSpec, index: int, driver: str | None = None, own_cluster: bool = False) -> None:
+        if driver:
+            _watch_driver(driver, own_cluster)
         self._evaluator = build_evaluator(spec)
         self._name = f"ray-{index}@{socket.gethostname()}:{os.getpid()}"
 
@@ -138,13 +180,26 @@ class RayPool:
         import ray
 
         self._ray = ray
+        own_cluster = not ray.is_initialized() and not address
+        # Ray announces its token-auth default (or its absence) on every start: noise for a search
+        # whose cluster the user did not configure; RAY_AUTH_MODE, when set, is respected as ever.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                     **({} if address else {"num_cpus": max(int(count * cpus_per_worker), 1)}))
+            # log_to_driver off: a dead worker is reported once, in our words (the trial's fail_reason and
+            # the retry), not as Ray's multi-line notice; workers' own output stays in Ray's log files.
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING,
+                         **({} if address else {"num_cpus": max(int(count * cpus_per_worker), 1)}))
+            except Exception as exc:  # noqa: BLE001 - any start failure means the same to the user
+                where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+                raise NoWorkersLeft(f"could not start {where}: {_root_cause(exc)}") from None
         actor_cls = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                max_restarts=max_restarts, max_task_retries=0)
         self.size = count
-        self._actors = [actor_cls.remote(spec, i) for i in range(count)]
+        from search.liveness import driver_id
+
+        self._actors = [actor_cls.remote(spec, i, driver_id(), own_cluster) for i in range(count)]
         self._busy: dict[Any, tuple[int, EvalTask]] = {}  # ref -> (actor index, task)
         self._dead: set[int] = set()
         self._crashes = [0] * count

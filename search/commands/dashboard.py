@@ -18,6 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder (runs/<name>/) or its run.json")
+    parser.add_argument("--study", metavar="NAME", help="which study of the run (after a --fork the run holds "
+                    "several; default: the latest)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 = any free port)")
     parser.add_argument(
         "--host", default="127.0.0.1",
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from search.review.run import ReviewError, load_run
 
     try:
-        folder = load_run(args.run)
+        folder = load_run(args.run, args.study)
         server = DashboardServer(folder, host=args.host, port=args.port, refresh_s=args.refresh)
     except ReviewError as exc:
         print(f"mergesearch dashboard: {exc}", file=sys.stderr)

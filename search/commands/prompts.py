@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     except BenchmarkError as exc:
         print(f"mergesearch prompts: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable or missing target folder: one line, nothing written
+        print(f"mergesearch prompts: -o {args.out}: cannot write ({exc.strerror or exc}); choose a writable "
+              "folder", file=sys.stderr)
+        return 1
     counts = ", ".join(f"{k} {len(v)}" for k, v in ps.splits.items())
     print(f"wrote {path}  hash {ps.hash}  vocabulary {vocab.name} ({vocab.hash})  prompts: {counts}")
     for text in ps.texts("search")[:3]:

@@ -19,6 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder (runs/<name>/) or its run.json")
+    parser.add_argument("--study", metavar="NAME", help="which study of the run (after a --fork the run holds "
+                    "several; default: the latest)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="where to write the files (default: RUN/report/)")
     parser.set_defaults(handler=run)
@@ -30,10 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from search.review.run import ReviewError, load_run
 
     try:
-        files, summary = write_report(load_run(args.run), args.out)
+        files, summary = write_report(load_run(args.run, args.study), args.out)
     except ReviewError as exc:
         print(f"mergesearch report: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable target: one line, no file half-written (each goes by temp + rename)
+        where = exc.filename or args.out or "the report folder"
+        print(f"mergesearch report: cannot write {where} ({exc.strerror or exc}); give --out DIR on a "
+              "writable disk", file=sys.stderr)
+        return 1
     print(summary)
     print()
     for name, path in files.model_dump().items():

@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="search per-block merge weights that beat the parents (resumable)",
         description="Run a merge search from a YAML config. Running the same command again resumes the study: "
                     "trials left RUNNING by a stopped driver are retried and baselines are not repeated. "
-                    "Ctrl-C stops after re-enqueuing the trials in flight.",
+                    "Ctrl-C (or SIGTERM, SIGHUP) stops after re-enqueuing the trials in flight. Several "
+                    "drivers (terminals or hosts) may run one study: see the README's multi-host recipe.",
     )
     p.add_argument("config", type=Path, help="search config (YAML), e.g. configs/toyworld.yaml")
     p.add_argument("--trials", type=int, help="override budget.trials (total trials of the study)")
@@ -57,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     dry = getattr(args, "dry_run", False)
     try:
-        config = load_config(args.config, overrides=overrides)
-        prepared = prepare(config, config_text=args.config.read_text(), open_storage=not dry)
+        config = load_config(args.config, overrides=overrides,
+                             option_names={key: "--" + arg.replace("_", "-") for arg, key in OVERRIDES.items()})
+        prepared = prepare(config, config_text=args.config.read_text(encoding="utf-8"), open_storage=not dry)
     except ConfigError as exc:
         print(f"mergesearch search: {exc}", file=sys.stderr)
         return 2
@@ -69,19 +71,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     view = None if args.quiet else LiveView(budget_trials=config.budget.trials, budget_hours=config.budget.hours)
     holder: dict = {}
-    previous = signal.getsignal(signal.SIGINT)
+    stop_signals = [sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
 
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: stop now
+    def on_stop(signum, frame):  # Ctrl-C, `timeout`, `kill`, a closed terminal: stop cleanly; again: now
         loop = holder.get("loop")
         if loop is None or holder.get("stopping"):
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             raise KeyboardInterrupt
         holder["stopping"] = True
-        print("\nstopping: trials in flight are re-enqueued for the next run (Ctrl-C again to abort)",
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nstopping ({name}): trials in flight are re-enqueued for the next run (Ctrl-C again to abort)",
               file=sys.stderr)
         loop.request_stop("interrupted")
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in stop_signals:
+        signal.signal(sig, on_stop)
     w = config.workers
     print(f"search {config.name}: {len(prepared.sources)} models ({prepared.family}), "
           f"{len(prepared.space.dimensions())} dimensions, sampler {config.sampler}, "
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print("\naborted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if view:
             view.close()
         _shutdown_ray(w.backend)
@@ -116,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
         share = stats.saved_seconds / max(stats.render_seconds + stats.saved_seconds, 1e-9)
         print(f"pruning saved {stats.saved_seconds:.0f} s of rendering ({share:.0%} of the render time)")
     print(closing_table(records))
-    print(f"run folder: {Path(result.info.config_path).parent}  (mergesearch status / report / export)")
+    folder = Path(result.info.config_path).parent
+    print(f"run folder: {folder}  (mergesearch status / report / export)")
+    others = [n for n in result.info.all_studies() if n != result.info.study_name]
+    if others:
+        print(f"this run folder also holds {', '.join(others)}: pass --study NAME to status / report / export")
     return 130 if stats.stopped == "interrupted" else 0
 
 

@@ -16,6 +16,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "that reaches the storage).",
     )
     p.add_argument("run", help="run folder (runs/<name>) or its run.json")
+    p.add_argument("--study", metavar="NAME", help="which study of the run (after a --fork the run holds "
+                    "several; default: the latest)")
     p.add_argument("--storage", help="read this storage URL instead of the one in run.json")
     p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from search.storage import StorageError, make_storage
 
     try:
-        info = read_run(args.run)
+        info = read_run(args.run, args.study)
         storage = make_storage(args.storage or info.storage, must_exist=True)
         study = optuna.load_study(study_name=info.study_name, storage=storage)
     except (RunError, StorageError) as exc:
@@ -57,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"study {info.study_name} ({study.user_attrs.get('family', '?')}, sampler "
           f"{study.user_attrs.get('sampler', '?')}, {len(records)} trials)")
     print(format_summary(s))
+    others = [n for n in info.all_studies() if n != info.study_name]
+    if others:
+        print(f"other studies in this run: {', '.join(others)} (mergesearch status RUN --study NAME)")
     if s.pruned:
         print(f"pruning saved about {s.saved_seconds:.0f} s of rendering")
     top = sorted(record.completed(records), key=lambda r: r.objective, reverse=True)
     if top:
-        penalised = any(r.penalised for r in top)
+        penalised = record.penalised_study(records)
         print(f"\ntop {min(args.top, len(top))} by {record.OBJECTIVE if penalised else record.RECALL}:")
         for r in top[: args.top]:
             line = f"  trial {r.number:>5}  "

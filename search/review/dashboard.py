@@ -43,7 +43,7 @@ def trial_note(trial: TrialRecord, parents: dict[str, TrialRecord]) -> str:
     """Markdown: the trial's per-category scores on both splits beside each baseline's search score."""
     search, holdout = trial.search_categories, trial.holdout_categories
     header = f"## Trial {trial.number}: {METRIC} {_fmt(trial.search)}"
-    if trial.penalised:
+    if trial.negative_mass is not None:
         header += f", {OBJECTIVE} {_fmt(trial.objective)}"
     if trial.holdout is not None:
         header += f", held-out {_fmt(trial.holdout)}"
@@ -68,7 +68,7 @@ def trial_note(trial: TrialRecord, parents: dict[str, TrialRecord]) -> str:
         lines.append("No per-category scores recorded.")
     if trial.holdout is None and trial.holdout_error:
         lines += ["", f"No held-out score: {trial.holdout_error}."]
-    if trial.penalised:
+    if trial.negative_mass is not None:
         lines += ["", f"{OBJECTIVE.capitalize()} {_fmt(trial.objective)} = {METRIC} {_fmt(trial.search)} less the "
                   f"negative-weight penalty (negative mass {_fmt(trial.negative_mass)})."]
     if trial.render_seconds is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -73,7 +74,7 @@ def summary(study: optuna.Study) -> str:
     if not completed(study):
         return "\n".join(lines + ["no completed trial yet"])
     rows = []
-    penalised = any(t.penalised for t in completed(study))
+    penalised = record.penalised_study(completed(study))
     for label, trial in compared_trials(study).items():
         row = {"trial": label}
         if penalised:  # the study maximised recall less a penalty on negative weights
@@ -109,7 +110,7 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
             "wait for the search to finish a trial"
         )
     out = Path(out) if out is not None else run.root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
     table = trial_table(study)
 
     csv = out / "trials.csv"
@@ -117,7 +118,7 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
     _atomic_table(table, csv, parquet)
 
     best = pick_trial(study, "best")
-    penalised = any(t.penalised for t in completed(study))
+    penalised = record.penalised_study(completed(study))
     history = plots.history_plot(
         table, references(study), out / "history.png", metric=OBJECTIVE,
         ylabel=f"{OBJECTIVE}: {METRIC} − penalty × negative weight" if penalised else METRIC,
@@ -138,10 +139,22 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
     return files, summary(study)
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before drawing anything when the folder cannot take the files (OSError, named)."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def _atomic_table(table: pd.DataFrame, csv: Path, parquet: Path) -> None:
     tmp_csv = csv.with_name(f".{csv.name}.tmp")
     tmp_parquet = parquet.with_name(f".{parquet.name}.tmp")
-    table.to_csv(tmp_csv)
-    table.to_parquet(tmp_parquet)
-    tmp_csv.replace(csv)
-    tmp_parquet.replace(parquet)
+    try:
+        table.to_csv(tmp_csv)
+        table.to_parquet(tmp_parquet)
+        tmp_csv.replace(csv)
+        tmp_parquet.replace(parquet)
+    finally:  # after a failure, no temporary file is left behind
+        tmp_csv.unlink(missing_ok=True)
+        tmp_parquet.unlink(missing_ok=True)

@@ -67,11 +67,12 @@ class RunFolder(BaseModel):
         return FileSystemArtifactStore(str(self.artifact_dir))
 
 
-def load_run(path: str | Path) -> RunFolder:
-    """Read runs/<name>/run.json (the folder or the file itself), as `mergesearch search` wrote it."""
+def load_run(path: str | Path, study: str | None = None) -> RunFolder:
+    """Read runs/<name>/run.json (the folder or the file itself), as `mergesearch search` wrote it;
+    `study` picks one of the run's studies (after a --fork) instead of the latest."""
     path = Path(path)
     try:
-        info = read_run(path)
+        info = read_run(path, study)
     except RunError as exc:
         raise ReviewError(str(exc)) from None
     root = path if path.is_dir() else path.parent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -185,3 +186,18 @@ def test_fp8_export_holds_the_unet_in_fp8(export_run_shared, tmp_path):
         want = torch.float8_e4m3fn if key.startswith("model.diffusion_model.") else torch.float16
         assert t.dtype == want, key
         assert torch.equal(t.float(), full[key].to(want).float()), key
+
+
+def test_threads_option_sets_torch_threads_and_has_a_sane_default(export_run_shared, tmp_path, capsys):
+    from search.commands.export import default_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["export", str(export_run_shared), "-o", str(tmp_path / "a.safetensors"), "--threads", "3"]) == 0
+        assert torch.get_num_threads() == 3
+        assert main(["export", str(export_run_shared), "-o", str(tmp_path / "b.safetensors")]) == 0
+        assert torch.get_num_threads() == default_threads() == max(1, min(4, (os.cpu_count() or 2) // 2))
+        assert main(["export", str(export_run_shared), "-o", str(tmp_path / "c.safetensors"), "--threads", "0"]) == 2
+        assert "--threads 0: give 1 or more" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -89,7 +89,7 @@ def scored_run(toy_world, tmp_path_factory) -> Path:
 
 def test_fp16_export_verifies_inspects_and_loads_in_diffusers(scored_run, tmp_path, capsys):
     out = tmp_path / "best-fp16.safetensors"
-    assert main(["export", str(scored_run), "-o", str(out), "--dtype", "fp16", "--verify"]) == 0
+    assert main(["export", str(scored_run), "-o", str(out), "--dtype", "fp16", "--verify", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     best = pick_trial(load_run(scored_run).open_study(), "best")
     assert f"verify PASS: trial {best.number} scored tag_recall {best.search:.4f} in the search" in printed

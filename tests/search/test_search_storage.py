@@ -1,16 +1,27 @@
 """One storage contract, run against SQLite (WAL) and the real PostgreSQL server on 127.0.0.1."""
 
+import socket
 import sqlite3
+import subprocess
+import sys
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 from search_helpers import search_config
 
+from search import trial_record as record
 from search.config import parse_config
 from search.runner import prepare, run_search
 from search.study import StudyMismatchError, finished_count
 from search.workers import EvaluatorSpec
+
+
+def dead_driver() -> str:
+    """The driver id of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:0"
 
 
 def fake():
@@ -26,6 +37,7 @@ def test_resume_recovers_stale_trials_and_guards_the_config(tmp_path, tiny_model
     assert finished_count(first.study) == 6
     orphan = first.study.ask()  # a driver that died mid-trial leaves a RUNNING trial behind
     orphan.suggest_float("IN.a", 0.0, 1.0)
+    record.write(orphan, driver=dead_driver())  # ... on this host: a rerun recovers it at once
     assert orphan.number == 6
     second = run_search(prepare(config(), evaluator=fake()))
     trials = second.study.get_trials()
