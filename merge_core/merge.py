@@ -343,6 +343,8 @@ def method_chunks(method: MergeMethod, tensors: list[torch.Tensor], vector: tupl
             parts = [f[start : start + chunk].float() for f in flats]
             piece = KeyContext(ctx.key, ctx.shape, start, ctx.seed, ctx.state)
             yield method.apply(parts, vector, piece).reshape(-1)
+    elif method.stored_dtype:  # it upcasts piece by piece: no fp32 copy of every source
+        yield method.apply(tensors, vector, ctx).reshape(-1)
     else:
         yield method.apply([t.float() for t in tensors], vector, ctx).reshape(-1)
 

@@ -80,7 +80,9 @@ class MergeMethod:
     """A registered merge method (see the module docstring for the parameter layout).
 
     fn(tensors, params, ctx) -> fp32 tensor of tensors[0]'s shape. ``tensors`` are fp32, one per
-    source in recipe order, whole tensors or (``elementwise``) aligned flat chunks of them.
+    source in recipe order, whole tensors or (``elementwise``) aligned flat chunks of them; a
+    ``stored_dtype`` method may instead get whole tensors in the dtype they are stored in (it upcasts
+    piece by piece itself, so the file merger holds no fp32 copy of every source of a large key).
     coefficients(params, n) -> one coefficient per source: set only for methods linear in the
     sources; the engines then use their fused linear paths and never call ``fn``.
     prepare(pairs) -> state: an optional whole-model pass over ``(key, fp32 tensors)`` pairs, run
@@ -106,6 +108,7 @@ class MergeMethod:
     # parameter values under which one-hot model weights give that model back (model_weights methods);
     # the search uses them for components held from one model
     identity: Mapping[str, float] = field(default_factory=dict)
+    stored_dtype: bool = False  # whole-tensor method that accepts its sources in any float dtype
 
     # ---- sources and parameters ------------------------------------------------------------------
     @property

@@ -113,31 +113,36 @@ def disjoint_merge(deltas: Sequence[torch.Tensor] | torch.Tensor, weights: Seque
 _TIES_CHUNK = 1 << 18  # elements per pass of TIES' elementwise part: its temporaries stay in cache
 
 
+_PIECEWISE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp32 arithmetic on them is exact upcasting
+
+
 def _ties(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> torch.Tensor:
+    if any(t.dtype not in _PIECEWISE_DTYPES for t in ts):  # fp8 has no arithmetic, fp64 must round first
+        ts = [t.float() for t in ts]
     base = ts[0]
     used = [(m, w) for m, w in zip(ts[1:], p.weights, strict=True) if w != 0.0]
     if not used:
-        return base.clone()
+        return base.float().clone()
     n = base.numel()
     k = min(n, max(0, math.ceil(p["density"] * n - 1e-9)))  # as trim_top_k
     # Only the trim threshold needs the whole task vector; the rest is elementwise and runs in
     # cache-sized chunks (about 3x faster on CPU, and the memory stays near one copy of the key).
-    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     thresholds = []
     for m, _w in used:
         if k >= n:
             thresholds.append(None)  # keep everything
         elif k == 0:
             thresholds.append(math.inf)  # keep nothing
-        else:  # |tau| in the output's buffer: the largest key (SD's token embedding) needs no extra copy
-            thresholds.append(kth_largest(torch.sub(m, base, out=out).abs_().reshape(-1), k))
+        else:  # |tau| in fp32 in the output's buffer: the largest key (SD's token embedding) needs no extra copy
+            thresholds.append(kth_largest(out.copy_(m).sub_(base).abs_().reshape(-1), k))
     weights = [w for _, w in used]
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     flats = [m.reshape(-1) for m, _ in used]
     for s in range(0, n, _TIES_CHUNK):
-        b = flat_base[s : s + _TIES_CHUNK]
+        b = flat_base[s : s + _TIES_CHUNK].float()  # sources may come in their stored dtype
         # the task vectors stacked along dim 0: each step below is one op over all models
-        d = torch.stack([f[s : s + _TIES_CHUNK] for f in flats]).sub_(b)
+        d = torch.stack([f[s : s + _TIES_CHUNK] for f in flats]).float().sub_(b)
         for row, thr, w in zip(d, thresholds, weights, strict=True):
             if thr is not None:
                 row.masked_fill_(row.abs() < thr, 0.0)  # trim_top_k with the whole tensor's threshold
@@ -203,7 +208,8 @@ register(MergeMethod(
     "ties", "base + lambda * disjoint_mean_i(w_i * trim_density(tau_i))",
     "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708", _ties, (),
     (Param("density", 0.2, 0.0, 1.0, "fraction of each task vector kept, by magnitude"), _LAMBDA),
-    model_weights=True, elementwise=False, aliases=("TIES-merging", "ties-sum"), weight_range=(0.0, math.inf),
+    model_weights=True, elementwise=False, stored_dtype=True, aliases=("TIES-merging", "ties-sum"),
+    weight_range=(0.0, math.inf),
     identity={"density": 1.0, "lambda": 1.0},
     summary="trim each task vector to its largest entries, elect a sign, average the agreeing ones",
 ))

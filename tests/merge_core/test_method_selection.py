@@ -92,3 +92,17 @@ def test_ties_on_a_key_larger_than_one_chunk_equals_numpy():
     # a transposed (non-contiguous) view of the sources gives the transposed result
     got_t = get_method("ties").apply([t.T for t in ts], (*w, density, lam), KeyContext("k", shape[::-1]))
     assert torch.equal(got_t, got.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn])
+def test_ties_on_sources_in_their_stored_dtype_equals_ties_on_fp32_copies(dtype):
+    """The file merger hands TIES its sources as stored (no fp32 copy of each); the result must be
+    the one of the fp32 contract, bit for bit."""
+    from merge_core.methods import KeyContext, get_method
+
+    g = torch.Generator().manual_seed(3)
+    ts = [(torch.randn(600, 900, generator=g) * 0.5).to(dtype) for _ in range(3)]
+    vector, ctx = (0.8, 0.6, 0.3, 1.2), KeyContext("k", (600, 900))
+    stored = get_method("ties").apply(ts, vector, ctx)
+    upcast = get_method("ties").apply([t.float() for t in ts], vector, ctx)
+    assert stored.dtype == torch.float32 and torch.equal(stored, upcast)
