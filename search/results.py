@@ -84,7 +84,8 @@ def format_table(rows: Sequence[Row], gaps: Sequence[str] = (), notes: Sequence[
     lines.extend(notes if paired or any("baseline" in n for n in notes) else [*notes, _verdict(rows)])
     if penalised:
         lines.append(f"({record.OBJECTIVE} = {record.RECALL} less the negative-weight penalty; "
-                     "the best is chosen by objective)")
+                     + ("the sampler maximises it; the best is the confirmed one)" if confirmed
+                        else "the best is chosen by objective)"))
     lines.append(f"({record.RECALL} and categories: search split" + ("; intervals: paired bootstrap 95 % over the "
                  "same prompts and seeds)" if paired else ")"))
     lines.extend(gaps)

@@ -96,7 +96,7 @@ def summary(study: optuna.Study) -> str:
 
     lines.extend(summary_lines(record.read_all(study)))
     if penalised:
-        lines.append(f"({OBJECTIVE} = {METRIC} less the negative-weight penalty; the best is chosen by {OBJECTIVE})")
+        lines.append(f"({OBJECTIVE} = {METRIC} less the negative-weight penalty; the sampler maximises {OBJECTIVE})")
     lines.extend(record.gaps(record.read_all(study)))
     return "\n".join(lines)
 
