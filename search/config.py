@@ -107,6 +107,9 @@ class SpaceSpec(_Frozen):
     default_bounds: tuple[float, float] = (0.0, 1.0)
     # component (TE, VAE) -> "search" (its own dimension) or the name of the model it is held from
     components: dict[str, str] = Field(default_factory=lambda: {"TE": "search", "VAE": "search"})
+    # Elemental search dimensions: group -> "BLOCKS:ELEMENTS" (e.g. "OUT03-OUT06:attn2"); the group's
+    # weights apply to the keys of those blocks containing one of the substrings, over their block's group
+    elemental: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("bounds")
     @classmethod

@@ -45,6 +45,9 @@ class SearchSpace:
     # groups searched for the attention keys of their blocks only (search.presets *-attn-conv); they
     # become per-key rules of the recipe, over the block weight of their `_conv` twin
     attention: tuple[str, ...] = field(default=())
+    # element groups (`space.elemental`, and the attn-conv presets' `_attn` groups): group -> the key
+    # substrings its weights apply to within its blocks (absent: search.presets.ATTENTION_ELEMENTS)
+    elements: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
@@ -92,6 +95,21 @@ class SearchSpace:
             missing = [b for b in blocks if b not in seen]
             if missing:
                 raise ValueError(f"space.groups: blocks {', '.join(missing)} are in no group; add them to one")
+        elements: dict[str, tuple[str, ...]] = {}
+        for name, text in spec.elemental.items():
+            if name in groups:
+                raise ValueError(f"space.elemental.{name}: a group of that name exists; rename it")
+            blocks_text, sep, elements_text = text.partition(":")
+            if not sep or not elements_text.split() or "NOT" in text.split():
+                raise ValueError(f"space.elemental.{name}: write 'BLOCKS:ELEMENTS' (e.g. 'OUT03-OUT06:attn2'), "
+                                 f"blocks and key substrings separated by spaces, no NOT; got {text!r}")
+            try:
+                ids = expand_blocks(tuple(blocks_text.split()), blocks) if blocks_text.strip() else tuple(blocks)
+            except ValueError as exc:
+                raise ValueError(f"space.elemental.{name}: {exc}") from None
+            groups[name] = ids
+            attention.append(name)
+            elements[name] = tuple(elements_text.split())
         held: dict[str, str] = {}
         unknown = set(spec.components) - set(components)
         if unknown:
@@ -126,7 +144,7 @@ class SearchSpace:
         return cls(models=tuple(models), parametrisation=spec.parametrisation, groups=groups, held=held,
                    bounds=bounds, weight_ids=tuple(blocks) + tuple(components), method=spec.method.name,
                    method_params=tuple(spec.method.params.items()), loras=tuple(lora_dims),
-                   attention=tuple(attention))
+                   attention=tuple(attention), elements=elements)
 
     # ---- params ----------------------------------------------------------------------------------
     @property
@@ -214,7 +232,8 @@ class SearchSpace:
         return sum(sum(-x for x in c if x < 0) for c in coeffs) / max(n, 1)
 
     def attention_rules(self, params: Mapping[str, float], *, method: Any = None) -> tuple[Any, ...]:
-        """merge_core ElementalEntry rules giving the attention keys of each attention group's blocks their
+        """merge_core ElementalEntry rules giving the matching keys of each element group's blocks (attention
+        keys for the presets' `_attn` groups, the configured substrings for `space.elemental` groups) their
         own parameter vector (the affine weights, then `method`'s parameters for that group when given);
         later rules win over the block weight."""
         from merge_core.elemental import ElementalEntry
@@ -223,12 +242,13 @@ class SearchSpace:
         rules = []
         for g, c in self.attention_coefficients(params).items():
             ids = tuple(self.groups[g])
+            elements = self.elements.get(g, ATTENTION_ELEMENTS)
             ratio = tuple(float(x) for x in c[1:])
             if method is not None:
                 values = self.method_values(params, g)
                 ratio += tuple(float(values[p.name]) for p in method.params)
-            rules.append(ElementalEntry(blocks=ids, elements=ATTENTION_ELEMENTS, ratio=ratio,
-                                        text=f"{' '.join(ids)}:{' '.join(ATTENTION_ELEMENTS)}:"
+            rules.append(ElementalEntry(blocks=ids, elements=elements, ratio=ratio,
+                                        text=f"{' '.join(ids)}:{' '.join(elements)}:"
                                              f"{'/'.join(f'{x:g}' for x in ratio)}"))
         return tuple(rules)
 

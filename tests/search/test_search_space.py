@@ -110,3 +110,36 @@ def test_method_spec_errors_name_the_fix():
     params = {d.name: 0.5 for d in dare.dimensions()}
     src = tuple(Source(path=f"/{m}.safetensors") for m in ("base", "a", "b"))
     assert dare.recipe(params, family="sd1", sources=src, seed=12).seed == 12  # random: per-trial seed kept
+
+
+def test_elemental_groups_are_extra_dimensions_over_their_blocks(tmp_path):
+    """`space.elemental` adds a group whose weights apply only to the keys of its blocks holding one of its
+    substrings; the streaming merge gives those keys the group's coefficients and the rest their block's."""
+    from search_helpers import tiny_sd1
+
+    from merge_core import load_state_dict, merge_to_file
+
+    spec = SpaceSpec(groups={"IN": ("IN00-IN11",), "MID": ("M00",), "OUT": ("OUT00-OUT11",)},
+                     components={"TE": "base", "VAE": "base"}, elemental={"OUT_x": "OUT03-OUT06:attn2"})
+    space = make(spec)
+    assert [d.name for d in space.dimensions()][-2:] == ["OUT_x.a", "OUT_x.b"]
+    paths = [tiny_sd1(tmp_path / f"{m}.safetensors", seed=i) for i, m in enumerate(("base", "a", "b"))]
+    sources = tuple(Source(path=str(p), name=m) for p, m in zip(paths, ("base", "a", "b"), strict=True))
+    params = {"IN.a": 0.1, "IN.b": 0.2, "MID.a": 0.3, "MID.b": 0.1, "OUT.a": 0.2, "OUT.b": 0.3,
+              "OUT_x.a": 0.9, "OUT_x.b": -0.2}
+    recipe = space.recipe(params, family="sd1", sources=sources)
+    merged = load_state_dict(merge_to_file(recipe.model_copy(update={"dtype": "fp32"}), tmp_path / "m.safetensors",
+                                           progress=False))
+    src = [load_state_dict(p) for p in paths]
+    attn2 = [k for k in merged if ".output_blocks.4." in k and "attn2" in k and k.endswith("weight")]
+    other = [k for k in merged if ".output_blocks.4." in k and "attn2" not in k and k.endswith("weight")]
+    outside = [k for k in merged if ".output_blocks.8." in k and "attn2" in k and k.endswith("weight")]
+    assert attn2 and other and outside
+    for keys, (ca, cb) in ((attn2, (0.9, -0.2)), (other, (0.2, 0.3)), (outside, (0.2, 0.3))):
+        for k in keys:  # independent per-key computation: base(1 - a - b) + a A + b B
+            want = (1 - ca - cb) * src[0][k].double() + ca * src[1][k].double() + cb * src[2][k].double()
+            np.testing.assert_allclose(merged[k].double().numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(ValueError, match="space.elemental.bad: write 'BLOCKS:ELEMENTS'"):
+        make(SpaceSpec(elemental={"bad": "OUT03"}))
+    with pytest.raises(ValueError, match="unknown block 'OUT33'"):
+        make(SpaceSpec(elemental={"bad": "OUT33:attn2"}))
