@@ -105,8 +105,8 @@ def scale_run(args, key: str, device: torch.device, dtype: torch.dtype) -> None:
     ps = make_prompt_set(vocab, n, 3, seed=0, holdout=1)
     settings = RenderSettings(steps=args.steps, cfg=7.0, scheduler="ddim", width=size, height=size)
     prompts = ps.prompts("search")
-    benches = {False: Benchmark(ps, "search", tagger, settings, batch_size=batch, overlap=False),
-               True: Benchmark(ps, "search", tagger, settings, batch_size=batch, overlap=True)}
+    benches = {False: Benchmark(ps, "search", tagger, settings, vocabulary=vocab, batch_size=batch, overlap=False),
+               True: Benchmark(ps, "search", tagger, settings, vocabulary=vocab, batch_size=batch, overlap=True)}
 
     def render():
         for _ in renderer.render_batches(prompts, settings, batch):
@@ -151,7 +151,8 @@ def toy_trial(args, device: torch.device) -> None:
     from search.runner import build_prompt_set, resolve_model_path
     from search.tasks import EvalTask
 
-    cfg = load_config(ROOT / "configs" / "toyworld.yaml")
+    cfg = load_config(ROOT / "configs" / "toyworld.yaml",
+                      overrides={"objective.n": args.toy_prompts} if args.toy_prompts else None)
     o = cfg.objective
     paths = [resolve_model_path(cfg, m.path) for m in cfg.ordered_models]
     sources = [Source.from_path(p) for p in paths]
@@ -182,6 +183,7 @@ def toy_trial(args, device: torch.device) -> None:
     for ev in evaluators.values():
         ev.evaluate(task)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in evaluators}
+    cpu: dict[str, list[float]] = {k: [] for k in evaluators}
     scores: dict[str, float] = {}
     names = list(evaluators)
     n = len(build_prompt_set(cfg).prompts("search"))
@@ -189,16 +191,18 @@ def toy_trial(args, device: torch.device) -> None:
           f"{torch.get_num_threads()} thread(s), median of {args.trial_rounds} interleaved rounds):", flush=True)
     for r in range(args.trial_rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             res = evaluators[name].evaluate(task)
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
             scores[name] = res.value
-            print(f"    round {r}: {name}: {times[name][-1]:.2f} s", flush=True)
-    ref = statistics.median(times[names[0]])
+            print(f"    round {r}: {name}: {times[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
+    ref, ref_cpu = statistics.median(times[names[0]]), statistics.median(cpu[names[0]])
     for name in names:
-        med = statistics.median(times[name])
+        med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
         ev = evaluators[name]
-        print(f"  {name:<62} {med:6.2f} s/trial  x{ref / med:5.2f}  (render batch {ev.render_batch}, "
+        print(f"  {name:<62} {med:6.2f} s/trial  x{ref / med:5.2f}  CPU {med_cpu:6.2f} s  x{ref_cpu / med_cpu:5.2f}"
+              f"  (render batch {ev.render_batch}, "
               f"compile {ev.renderer.compile_mode}; score {scores[name]:.4f})")
 
 
@@ -235,6 +239,7 @@ def main() -> int:
     ap.add_argument("--compile", default="off", help="render.compile for the scale runs and one toy variant")
     ap.add_argument("--sdxl", action="store_true", help="include SDXL on CPU")
     ap.add_argument("--skip-toy-trial", action="store_true")
+    ap.add_argument("--toy-prompts", type=int, default=None, help="toy trial: prompts per split (default: the config's)")
     ap.add_argument("--whole-split", action="store_true", help="toy trial: also time one pipeline call per split")
     args = ap.parse_args()
     device = torch.device(args.device)
