@@ -47,6 +47,43 @@ OVERRIDES = {"trials": "budget.trials", "hours": "budget.hours", "workers": "wor
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, arg) for arg, key in OVERRIDES.items() if getattr(args, arg, None) is not None}
+    t0 = time.time()
+    dry = getattr(args, "dry_run", False)
+    holder: dict = {}
+    stop_signals = [sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
+
+    def on_stop(signum, frame):  # Ctrl-C, `timeout`, `kill`, a closed terminal: stop cleanly; again: now
+        if holder.get("stopping"):
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            raise KeyboardInterrupt
+        holder["stopping"] = True
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nstopping ({name}): trials in flight are re-enqueued for the next run (Ctrl-C again to abort)",
+              file=sys.stderr)
+        loop = holder.get("loop")
+        if loop is not None:
+            loop.request_stop("interrupted")
+        # before the loop exists (loading, checking, starting workers) the stop is taken at the next
+        # safe point: never as an exception somewhere inside a library, where it can be swallowed
+
+    def on_loop(loop) -> None:
+        holder["loop"] = loop
+        if holder.get("stopping"):
+            loop.request_stop("interrupted")
+
+    for sig in stop_signals:  # installed first: a signal during the set-up is not lost either
+        signal.signal(sig, on_stop)
+    try:
+        return _run(args, overrides, t0, dry, holder, on_loop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args, overrides, t0, dry, holder, on_loop) -> int:
     from search.config import ConfigError, load_config
     from search.progress import LiveView
     from search.results import closing_table
@@ -54,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from search.study import StudyMismatchError
     from search.workers import NoWorkersLeft
 
-    overrides = {key: getattr(args, arg) for arg, key in OVERRIDES.items() if getattr(args, arg, None) is not None}
-    t0 = time.time()
-    dry = getattr(args, "dry_run", False)
     try:
         config = load_config(args.config, overrides=overrides,
                              option_names={key: "--" + arg.replace("_", "-") for arg, key in OVERRIDES.items()})
@@ -69,31 +103,16 @@ def run(args: argparse.Namespace) -> int:
 
         dry_run(prepared, measure=not args.no_measure, batches=args.measure_batches, out=sys.stdout)
         return 0
+    if holder.get("stopping"):
+        print("stopped before the search started; nothing was run", file=sys.stderr)
+        return 130
     view = None if args.quiet else LiveView(budget_trials=config.budget.trials, budget_hours=config.budget.hours)
-    holder: dict = {}
-    stop_signals = [sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig]
-    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
-
-    def on_stop(signum, frame):  # Ctrl-C, `timeout`, `kill`, a closed terminal: stop cleanly; again: now
-        loop = holder.get("loop")
-        if loop is None or holder.get("stopping"):
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            raise KeyboardInterrupt
-        holder["stopping"] = True
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\nstopping ({name}): trials in flight are re-enqueued for the next run (Ctrl-C again to abort)",
-              file=sys.stderr)
-        loop.request_stop("interrupted")
-
-    for sig in stop_signals:
-        signal.signal(sig, on_stop)
     w = config.workers
     print(f"search {config.name}: {len(prepared.sources)} models ({prepared.family}), "
           f"{len(prepared.space.dimensions())} dimensions, sampler {config.sampler}, "
           f"{w.count} {w.backend} worker(s), storage {prepared.config.storage_url}", file=sys.stderr)
     try:
-        result = run_search(prepared, fork=args.fork, on_update=view, on_loop=lambda loop: holder.update(loop=loop))
+        result = run_search(prepared, fork=args.fork, on_update=view, on_loop=on_loop)
     except StudyMismatchError as exc:
         print(f"mergesearch search: {exc}", file=sys.stderr)
         return 2
@@ -104,8 +123,6 @@ def run(args: argparse.Namespace) -> int:
         print("\naborted", file=sys.stderr)
         return 130
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if view:
             view.close()
         _shutdown_ray(w.backend)

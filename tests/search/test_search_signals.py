@@ -115,3 +115,22 @@ def test_ray_workers_exit_soon_after_the_driver_is_killed(tmp_path, tiny_models)
             and psutil.Process(p).status() != "zombie"]
     assert gone_after < 15, f"{left} still alive {gone_after:.0f} s after the driver was killed"
     print(f"the driver's Ray processes were gone {gone_after:.1f} s after kill -9")
+
+
+@pytest.mark.parametrize("delay", [1.5, 4.0, 8.0])
+def test_ctrl_c_during_the_set_up_stops_cleanly(tmp_path, tiny_models, delay):
+    """Ctrl-C while the driver loads, checks the config or opens the study: exit 130 at the next safe
+    point (a KeyboardInterrupt raised inside a library can be swallowed there and the search run on)."""
+    cfg = search_config(tmp_path, tiny_models, budget={"trials": 40}, pruner={"enabled": False})
+    proc = start(tmp_path, cfg)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    db = tmp_path / "runs" / "t" / "study.db"
+    names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] if db.exists() else []
+    if "t" in names:  # stopped after the study was opened (else: before it was made, nothing to check)
+        study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
+        assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+        assert finished_count(study) < 40
