@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     def on_loop(loop) -> None:
         holder["loop"] = loop
+        for sig in stop_signals:  # ray.init replaces SIGTERM's handler with sys.exit: ours again
+            signal.signal(sig, on_stop)
         if holder.get("stopping"):
             loop.request_stop("interrupted")
 
