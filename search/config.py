@@ -215,6 +215,9 @@ class ObjectiveSpec(_Frozen):
     n: int = Field(default=16, ge=1, description="prompts per split")
     # prompts of the confirm split that re-scores the leaders (None: n; 0: no confirmation)
     confirm: int | None = Field(default=None, ge=0)
+    # prompts of the holdout split that checks the reported best (None: n). Only the baselines and the
+    # best are rendered on it, so a larger holdout costs little and narrows the final paired interval.
+    holdout: int | None = Field(default=None, ge=1)
     m: int = Field(default=3, ge=1, description="tags per prompt")
     seed: int = 0
     tagger: str = "toyworld"

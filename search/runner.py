@@ -60,7 +60,7 @@ def build_prompt_set(config: SearchConfig) -> Any:
         return load_prompt_set(config.resolve(o.prompts))
     vocab = o.vocabulary
     vocab_path = config.resolve(vocab) if ("/" in vocab or vocab.endswith(".yaml")) else vocab
-    return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed,
+    return make_prompt_set(load_vocabulary(vocab_path), o.n, o.m, o.seed, holdout=o.holdout,
                            confirm=o.n if o.confirm is None else o.confirm)
 
 

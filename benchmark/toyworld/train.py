@@ -86,6 +86,13 @@ class TrainConfig(BaseModel):
     base_processes: int = 2  # data-parallel processes for the base (one per core)
     specialist_steps: int = 300
     specialist_lr: float = 5e-4
+    specialist_one_cycle: bool = False  # warm up then anneal to ~0 (else a 20-step warm-up, then constant)
+    specialist_trains_te: bool = True  # False: the UNet alone is fine-tuned, the text encoder stays the base's
+    # Prior preservation (DreamBooth's prior-preservation loss, Ruiz et al. 2023, arXiv:2208.12242, with the
+    # base's own prediction as the prior): on scenes the base already knows, a specialist's target is the
+    # frozen base's prediction for the same noised latent and caption, not the data, so it learns its gap
+    # and keeps the base elsewhere.
+    specialist_prior_preservation: bool = False
     other_keep: float = 0.9  # chance a non-focus tag is in a specialist's caption
     min_snr_gamma: float = 5.0  # epsilon-prediction families only
     high_noise_share: float = 0.5  # share of timesteps drawn leaning to high noise
@@ -283,12 +290,15 @@ def train_tagger(images: torch.Tensor, idx: np.ndarray, cfg: TrainConfig, log: L
 
 def train_diffusion(unet, te, lat_mean: torch.Tensor, lat_std: torch.Tensor, idx: np.ndarray, *, steps: int,
                     lr: float, keep: Mapping[str, float], cfg: TrainConfig, seed: int, name: str, log: Log,
-                    one_cycle: bool, rank: int = 0, world_size: int = 1) -> None:
+                    one_cycle: bool, rank: int = 0, world_size: int = 1, train_te: bool = True,
+                    teacher: tuple | None = None, novel: np.ndarray | None = None) -> None:
     """Train UNet and text encoder together on noised latents and sampled captions.
 
     With `world_size` > 1 this is one of that many data-parallel processes (a torch.distributed
     group must be initialised): every rank draws the same full batch from the same generators and
     trains on its own slice, and the gradients are averaged, so all ranks take identical steps.
+    `teacher` = (unet, text encoder) of a frozen model and `novel` = [len(idx)] bool: rows not novel take
+    the teacher's prediction as their target (prior preservation).
     """
     from diffusers import DDPMScheduler
 
@@ -301,7 +311,7 @@ def train_diffusion(unet, te, lat_mean: torch.Tensor, lat_std: torch.Tensor, idx
     weight = _loss_weight(noise_sched, cfg.min_snr_gamma)
     v_prediction = noise_sched.config.prediction_type == "v_prediction"
     scale = family.build_vae().config.scaling_factor
-    params = list(unet.parameters()) + list(te.parameters())
+    params = list(unet.parameters()) + (list(te.parameters()) if train_te else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     if one_cycle:
         sched = _one_cycle(opt, lr, steps)
@@ -310,7 +320,8 @@ def train_diffusion(unet, te, lat_mean: torch.Tensor, lat_std: torch.Tensor, idx
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     unet.train()
-    te.train()
+    te.train(train_te)
+    te.requires_grad_(train_te)
     t0, avg = time.time(), None
     for step in range(steps):
         b = rng.choice(len(idx), cfg.batch, replace=False)
@@ -324,6 +335,13 @@ def train_diffusion(unet, te, lat_mean: torch.Tensor, lat_std: torch.Tensor, idx
                   return_tensors="pt").input_ids
         pred = unet(xt, t, te(ids)[0]).sample
         target = noise_sched.get_velocity(x0, noise, t) if v_prediction else noise
+        if teacher is not None:
+            keep_prior = torch.from_numpy(~novel[b][mine])
+            if keep_prior.any():
+                with torch.no_grad():
+                    prior = teacher[0](xt[keep_prior], t[keep_prior], teacher[1](ids[keep_prior])[0]).sample
+                target = target.clone()
+                target[keep_prior] = prior
         loss = ((pred - target) ** 2).mean((1, 2, 3))
         loss = (loss * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -557,9 +575,19 @@ def train_specialist(cfg: TrainConfig, out: Path, log: Log, name: str, base: tup
     vae.load_state_dict(vae_state)
     sub, rows = subset_indices(idx, spec.subset)
     keep = {c: (1.0 if c in spec.focus else cfg.other_keep) for c in world.categories()}
+    teacher, novel = None, None
+    if cfg.specialist_prior_preservation:
+        teacher = family.build_unet(), family.build_text_encoder()
+        teacher[0].load_state_dict(base[0])
+        teacher[1].load_state_dict(base[1])
+        for m in teacher:
+            m.eval().requires_grad_(False)
+        novel = np.isin(np.arange(len(sub)), subset_indices(sub, {c: BASE_SUBSET[c] for c in spec.focus})[1],
+                        invert=True)
     train_diffusion(unet, te, lat_mean[rows], lat_std[rows], sub, steps=cfg.specialist_steps, lr=cfg.specialist_lr,
                     keep=keep, cfg=cfg, seed=cfg.seed + 10 + list(SPECIALISTS).index(name), name=name, log=log,
-                    one_cycle=False)
+                    one_cycle=cfg.specialist_one_cycle, train_te=cfg.specialist_trains_te, teacher=teacher,
+                    novel=novel)
     modules_to_file(unet, vae, te, out / f"{name}.safetensors",
                     metadata={"seed": str(cfg.seed), "toyworld_model": name, "focus": ",".join(spec.focus)})
 

@@ -65,6 +65,7 @@ def main() -> int:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "toyworld.yaml")
     p.add_argument("--seed", type=int, default=0, help="seed of the DARE drop masks")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", default=None, metavar="REGEX", help="score only the rows whose label matches")
     args = p.parse_args()
 
     import torch
@@ -83,8 +84,12 @@ def main() -> int:
     spec = default_evaluator(cfg, "sd1", list(sources), prompt_set)
     ev = BenchmarkEvaluator(**{**dict(spec.kwargs), "device": "cpu"})
     n = len(ev.benchmarks["holdout"].prompts)
+    import re
+
     results = []
     for i, (label, method, weights, values) in enumerate(rows()):
+        if args.only and not re.search(args.only, label):
+            continue
         r = recipe(label, method, weights, values, sources, args.seed)
         t0 = time.perf_counter()
         res = ev.evaluate(EvalTask(task_id=i, trial_number=i, split="holdout", recipe=r.model_dump_json()))

@@ -71,7 +71,22 @@ def test_shipped_configs_are_valid(name):
     cfg = load_config(path)
     check_objective(cfg)
     ps = build_prompt_set(cfg)
-    assert len(ps.prompts("search")) == cfg.objective.n == len(ps.prompts("holdout"))
+    assert len(ps.prompts("search")) == cfg.objective.n
+    assert len(ps.prompts("holdout")) == (cfg.objective.holdout or cfg.objective.n)
+
+
+def test_holdout_size_is_its_own_and_leaves_the_other_splits_disjoint():
+    from search.runner import build_prompt_set
+
+    same = build_prompt_set(parse_config(with_(objective={**BASE["objective"], "holdout": 4})))
+    assert same.prompts("search") == build_prompt_set(parse_config(BASE)).prompts("search")  # holdout n = default
+    ps = build_prompt_set(parse_config(with_(objective={**BASE["objective"], "holdout": 9, "confirm": 3})))
+    sizes = {s: len(ps.prompts(s)) for s in ("search", "confirm", "holdout")}
+    assert sizes == {"search": 4, "confirm": 3, "holdout": 9}
+    texts = [set(p.text for p in ps.prompts(s)) for s in sizes]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    with pytest.raises(ConfigError, match="holdout"):
+        parse_config(with_(objective={**BASE["objective"], "holdout": 0}))
 
 
 def test_confirm_and_method_errors_before_any_trial(tmp_path):
