@@ -92,7 +92,7 @@ class TrainConfig(BaseModel):
     # base's own prediction as the prior): on scenes the base already knows, a specialist's target is the
     # frozen base's prediction for the same noised latent and caption, not the data, so it learns its gap
     # and keeps the base elsewhere.
-    specialist_prior_preservation: bool = False
+    specialist_prior_preservation: bool = True
     other_keep: float = 0.9  # chance a non-focus tag is in a specialist's caption
     min_snr_gamma: float = 5.0  # epsilon-prediction families only
     high_noise_share: float = 0.5  # share of timesteps drawn leaning to high noise

@@ -127,13 +127,16 @@ def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int 
     best = pick_trial(study, "best")
     if best.number != last_best:
         try:
-            weights = block_weights(trial_recipe(best))
+            recipe = trial_recipe(best)
+            weights = block_weights(recipe)
         except ReviewError as exc:  # a study not made by `mergesearch search`: show the rest anyway
             print(f"dashboard: no block-weight figure ({exc})", file=sys.stderr)
         else:
             optuna_dashboard.save_plotly_graph_object(
                 study,
-                figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): coefficient per model and block"),
+                figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): " + (
+                    "coefficient per model and block" if recipe.linear
+                    else f"{recipe.method} model weights and parameters per block")),
                 graph_object_id=WEIGHTS_FIGURE_ID,
             )
         comparison = category_comparison(study)["search"]

@@ -54,7 +54,8 @@ def history_plot(table: pd.DataFrame, references: dict[str, float], path: Path, 
 
 
 def weights_plot(weights: pd.DataFrame, path: Path, *, title: str) -> Path:
-    """Heat map of the per-model linear coefficient for every block (rows: models)."""
+    """Heat map of a recipe's values for every block (rows: models' coefficients or weights, and method
+    parameters; see ``trials.block_weights``)."""
     values = weights.to_numpy(dtype=float)
     limit = max(1.0, float(np.abs(values).max()))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.36 * values.shape[1] + 1.5), 0.55 * values.shape[0] + 1.6))
@@ -64,7 +65,7 @@ def weights_plot(weights: pd.DataFrame, path: Path, *, title: str) -> Path:
     for (r, c), v in np.ndenumerate(values):
         ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
                 color="white" if abs(v) > 0.6 * limit else "black")
-    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="coefficient")
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="value")
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 

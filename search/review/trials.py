@@ -83,11 +83,26 @@ def source_labels(recipe) -> list[str]:
 
 
 def block_weights(recipe) -> pd.DataFrame:
-    """Per-model linear coefficient for every block and component (rows: sources, columns: weight ids)."""
-    coefficients = recipe.coefficients()
-    ids = list(coefficients)
-    data = {wid: list(coefficients[wid]) for wid in ids}
-    return pd.DataFrame(data, index=source_labels(recipe), columns=ids)
+    """What the recipe sets per block and component (columns: weight ids).
+
+    A linear recipe: one row per source, its linear coefficient. Any other method (TIES, DARE,
+    SLERP, calc modes): one row per model weight the method takes (the models after the base) and
+    one per method parameter, named after it (``density``, ``lambda``, ``alpha``), with the value
+    the recipe gives that block.
+    """
+    from merge_core.methods import get_method
+
+    if recipe.linear:
+        coefficients = recipe.coefficients()
+        ids = list(coefficients)
+        data = {wid: list(coefficients[wid]) for wid in ids}
+        return pd.DataFrame(data, index=source_labels(recipe), columns=ids)
+    method = get_method(recipe.method)
+    labels = source_labels(recipe)[1:] if method.model_weights else []
+    index = [*labels, *(p.name for p in method.params)]
+    ids = list(recipe.weights)
+    data = {wid: [float(v) for v in recipe.weights[wid]] for wid in ids}
+    return pd.DataFrame(data, index=index, columns=ids)
 
 
 def _duration(trial: TrialRecord) -> float | None:

@@ -66,6 +66,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the DARE drop masks")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, metavar="REGEX", help="score only the rows whose label matches")
+    p.add_argument("--zoo", type=Path, default=None, metavar="DIR",
+                   help="take the models from DIR/NAME.safetensors instead (a zoo rebuilt with --out DIR)")
     args = p.parse_args()
 
     import torch
@@ -79,7 +81,8 @@ def main() -> int:
     from search.tasks import EvalTask
 
     cfg = load_config(args.config)
-    sources = tuple(Source(path=str(resolve_model_path(cfg, m.path)), name=m.name) for m in cfg.ordered_models)
+    sources = tuple(Source(path=str(args.zoo / f"{m.name}.safetensors" if args.zoo else resolve_model_path(cfg, m.path)),
+                           name=m.name) for m in cfg.ordered_models)
     prompt_set = load_prompt_set(args.prompts.resolve())
     spec = default_evaluator(cfg, "sd1", list(sources), prompt_set)
     ev = BenchmarkEvaluator(**{**dict(spec.kwargs), "device": "cpu"})

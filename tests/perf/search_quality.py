@@ -4,13 +4,13 @@ checkpoint k: the holdout score of the confirmed best among the first k trials (
 best: chosen over the search and confirm prompts; the search never sees the holdout prompts, so this
 is the gain a user would get) with its paired 95 % interval against the best parent on holdout, and
 the mean holdout score of the top `--top` trials by search score (it says how good the sampler's
-candidates are, not how lucky the single best was). `--config configs/toyworld-ties.yaml` measures
-the TIES search the same way.
+candidates are, not how lucky the single best was). The default config is the main job's (per-group TIES);
+`--config configs/toyworld-affine.yaml` measures the affine search the same way.
 
     .venv/bin/python tests/perf/search_quality.py [--trials 80] [--seeds 0 1 2] [--workers 2]
     .venv/bin/python tests/perf/search_quality.py --trials 80 --analyse    # re-read finished studies
     .venv/bin/python tests/perf/search_quality.py --trials 40 --checkpoints 20 40 --prompts 128
-    .venv/bin/python tests/perf/search_quality.py --config configs/toyworld-ties.yaml --samplers auto
+    .venv/bin/python tests/perf/search_quality.py --config configs/toyworld-affine.yaml --samplers auto
 
 Takes about (2 samplers x seeds x trials x ~5 s) / workers on this machine: run it in the background.
 Holdout scores the search did not already store are rendered here, once per trial.

@@ -70,3 +70,24 @@ def test_cli_prints_summary_and_files(standin_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "vs best parent" in out and str(tmp_path / "history.png") in out
     assert (tmp_path / "trials.parquet").is_file()
+
+
+def test_block_weights_of_a_non_linear_recipe_show_model_weights_and_method_parameters(tmp_path):
+    """A TIES or SLERP best has no linear coefficients: the table and the figure show what the recipe sets."""
+    from merge_core import Recipe, Source, layout_for
+    from search.review import plots
+    from search.review.trials import block_weights
+
+    ids = layout_for("sd1").weight_ids
+    sources = tuple(Source(path=f"/m/{n}.safetensors", name=n) for n in ("base", "a", "b"))
+    vec = {wid: (0.25 * (i % 4), 1.0, 0.1 + 0.01 * i, 1.5) for i, wid in enumerate(ids)}
+    ties = block_weights(Recipe(family="sd1", method="ties", sources=sources, weights=vec))
+    assert list(ties.index) == ["a", "b", "density", "lambda"] and list(ties.columns) == list(ids)
+    for i, wid in enumerate(ids):  # the recipe's own numbers, block by block
+        assert ties[wid].tolist() == pytest.approx([0.25 * (i % 4), 1.0, 0.1 + 0.01 * i, 1.5])
+    slerp = block_weights(Recipe(family="sd1", method="slerp", sources=sources[:2],
+                                 weights={wid: (0.3,) for wid in ids}))
+    assert list(slerp.index) == ["alpha"] and slerp.loc["alpha"].tolist() == pytest.approx([0.3] * len(ids))
+    png = plots.weights_plot(ties, tmp_path / "w.png", title="ties")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.height > 200

@@ -61,7 +61,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(p)
 
 
-@pytest.mark.parametrize("name", ["toyworld.yaml", "sd15_24gb.yaml", "sdxl_24gb.yaml"])
+@pytest.mark.parametrize("name", ["toyworld.yaml", "toyworld-affine.yaml", "sd15_24gb.yaml", "sdxl_24gb.yaml"])
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
