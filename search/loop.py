@@ -372,7 +372,9 @@ class SearchLoop:
         done = record.completed(records)
         leaders = sorted((r for r in done if not r.baseline), key=lambda r: -r.objective)[: self.options.confirm_top_k]
         submitted = False
-        for r in [*(r for r in done if r.baseline), *leaders]:
+        # leaders first: while a round runs, the reported best is the best confirmed so far, and a
+        # leader (not the base, often the first baseline done) is the one a watcher should see
+        for r in [*leaders, *(r for r in done if r.baseline)]:
             submitted |= self._submit_late(r, "confirm")
         return self._holdout_for_best(records) or submitted
 
