@@ -217,6 +217,7 @@ class ObjectiveSpec(_Frozen):
     confirm: int | None = Field(default=None, ge=0)
     # prompts of the holdout split that checks the reported best (None: n). Only the baselines and the
     # best are rendered on it, so a larger holdout costs little and narrows the final paired interval.
+    # Like n, its value seeds the draw: another size gives other prompts in every split.
     holdout: int | None = Field(default=None, ge=1)
     m: int = Field(default=3, ge=1, description="tags per prompt")
     seed: int = 0

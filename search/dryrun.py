@@ -41,7 +41,10 @@ def describe_space(prepared: Any) -> list[str]:
     """Lines describing the search space of a prepared search (pure: reads `prepared` only)."""
     space = prepared.space
     dims = space.dimensions()
-    lines = [f"space: {space.parametrisation} over {len(space.models)} models (base {space.models[0]}), "
+    form = space.parametrisation if space.method == "affine" else f"{space.method} (weights {space.parametrisation})"
+    fixed = {k: v for k, v in space.method_params if not isinstance(v, (tuple, list))}
+    held = f", fixed {', '.join(f'{k}={v:g}' for k, v in fixed.items())}" if fixed else ""
+    lines = [f"space: {form} over {len(space.models)} models (the base is {space.models[0]!r}){held}, "
              f"{len(space.groups)} group(s), {len(dims)} dimension(s)"]
     width = max((len(d.name) for d in dims), default=0)
     for group, ids in space.groups.items():

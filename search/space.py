@@ -224,10 +224,12 @@ class SearchSpace:
 
     def negative_mass(self, params: Mapping[str, float]) -> float:
         """Mean over weight ids (and attention parts) of the summed magnitude of negative coefficients
-        (0 inside the simplex)."""
-        coeffs = list(self.coefficients(params).values())
+        (0 inside the simplex). For a method other than `affine` (TIES, DARE, ...) the base is not one
+        of the summands, so only the models' own weights count, not the affine base share 1 - sum w."""
+        skip = 0 if self.method == "affine" else 1
+        coeffs = [c[skip:] for c in self.coefficients(params).values()]
         for g, c in self.attention_coefficients(params).items():
-            coeffs += [c] * len(self.groups[g])
+            coeffs += [c[skip:]] * len(self.groups[g])
         n = len(self.weight_ids) + sum(len(self.groups[g]) for g in self.attention)
         return sum(sum(-x for x in c if x < 0) for c in coeffs) / max(n, 1)
 

@@ -63,3 +63,17 @@ def test_dry_run_without_measuring(toy_cfg, capsys):
     assert main(["search", str(path), "--dry-run", "--no-measure"]) == 0
     out = capsys.readouterr().out
     assert "parameters: 14" in out and "per trial" not in out
+
+
+def test_dry_run_names_the_method_and_its_fixed_parameters(toy_cfg, capsys):
+    root, path = toy_cfg
+    cfg = yaml.safe_load(path.read_text())
+    cfg["space"] = {"groups": {"IN": ["IN00-IN11"], "MID": ["M00"], "OUT": ["OUT00-OUT11"]},
+                    "method": {"name": "ties", "params": {"density": [0.1, 0.9], "lambda": 1.5}},
+                    "components": {"TE": "base", "VAE": "base"}}
+    ties = root / "ties.yaml"
+    ties.write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(ties), "--dry-run", "--no-measure"]) == 0
+    out = capsys.readouterr().out
+    assert "space: ties (weights affine) over 3 models (the base is 'base'), fixed lambda=1.5, 3 group(s)" in out
+    assert re.search(r"OUT\.density\s+\[0\.1, 0\.9\]", out) and "parameters: 9" in out

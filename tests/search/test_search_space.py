@@ -35,6 +35,22 @@ def test_affine_groups_and_coefficients():
     assert space.negative_mass(params) == pytest.approx(12 * 0.2 / 27)
 
 
+def test_negative_mass_of_a_task_vector_method_counts_only_the_models_weights():
+    """TIES never weights the base: weights summing above 1 are no negative share of it."""
+    from search.config import MethodSpec
+
+    groups = {"IN": ("IN00-IN11",), "MID": ("M00",), "OUT": ("OUT00-OUT11",)}
+    params = {"IN.a": 0.9, "IN.b": 0.8, "MID.a": 1.1, "MID.b": 1.0, "OUT.a": 0.7, "OUT.b": 0.6,
+              "IN.density": 0.2, "MID.density": 0.2, "OUT.density": 0.2}
+    ties = make(SpaceSpec(groups=groups, default_bounds=(0.0, 1.2), components={"TE": "base", "VAE": "base"},
+                          method=MethodSpec(name="ties", params={"density": (0.05, 1.0)})))
+    assert ties.negative_mass(params) == 0.0
+    affine = make(SpaceSpec(groups=groups, default_bounds=(0.0, 1.2), components={"TE": "base", "VAE": "base"}))
+    # the same weights as affine coefficients: the base gets 1 - sum w < 0 in every block
+    expected = (12 * (0.9 + 0.8 - 1) + 1 * (1.1 + 1.0 - 1) + 12 * (0.7 + 0.6 - 1)) / 27
+    assert affine.negative_mass(params) == pytest.approx(expected)
+
+
 def test_blocks_outside_groups_and_bad_names_are_errors():
     with pytest.raises(ValueError, match="in no group"):
         make(SpaceSpec(groups={"IN": ("IN00-IN11",)}))
