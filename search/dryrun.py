@@ -131,7 +131,7 @@ def dry_run(prepared: Any, *, measure: bool = True, batches: int = 2, out: TextI
           f"warm-up {est.warmup_seconds:.1f} s, {est.seconds_per_prompt:.3f} s per prompt, "
           f"apply {est.apply_seconds * 1000:.0f} ms", file=out)
     per_hour = est.trials_per_hour
-    print(f"  {est.seconds_per_trial:.2f} s per trial (search split, unpruned) = {per_hour:.0f} trials per hour "
+    print(f"  {est.seconds_per_trial:.3f} s per trial (search split, unpruned) = {per_hour:.0f} trials per hour "
           f"per worker", file=out)
     if config.budget.trials:
         hours = config.budget.trials * est.seconds_per_trial / 3600 / max(1, w.count)
