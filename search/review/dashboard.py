@@ -25,6 +25,7 @@ from search.review.trials import (
     completed,
     pick_trial,
     trial_recipe,
+    weights_caption,
 )
 from search.trial_record import TrialRecord
 
@@ -134,9 +135,8 @@ def annotate_study(study: optuna.Study, *, last_best: int | None = None) -> int 
         else:
             optuna_dashboard.save_plotly_graph_object(
                 study,
-                figures.weights_heatmap(weights, title=f"Best recipe (trial {best.number}): " + (
-                    "coefficient per model and block" if recipe.linear
-                    else f"{recipe.method} model weights and parameters per block")),
+                figures.weights_heatmap(
+                    weights, title=f"Best recipe (trial {best.number}): {weights_caption(recipe)}, per block"),
                 graph_object_id=WEIGHTS_FIGURE_ID,
             )
         comparison = category_comparison(study)["search"]

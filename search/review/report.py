@@ -22,6 +22,7 @@ from search.review.trials import (
     pick_trial,
     trial_recipe,
     trial_table,
+    weights_caption,
 )
 from search.trial_record import TrialRecord
 
@@ -126,11 +127,10 @@ def write_report(run: RunFolder, out: Path | None = None) -> tuple[ReportFiles, 
     score = (f"{OBJECTIVE} {best.objective:.3f}, {METRIC} {best.search:.3f}" if penalised and best.search is not None
              else f"{METRIC} {best.objective:.3f}")
     recipe = trial_recipe(best)
-    what = "coefficient per model" if recipe.linear else f"{recipe.method}: model weights and parameters"
     weights = plots.weights_plot(
         block_weights(recipe),
         out / "best_weights.png",
-        title=f"Best recipe (trial {best.number}, {score}): {what}, per block",
+        title=f"Best recipe (trial {best.number}, {score}): {weights_caption(recipe)}, per block",
     )
     categories = plots.category_plot(
         category_comparison(study), out / "categories.png", title=f"Per-category {METRIC}: best vs parents"

@@ -105,6 +105,11 @@ def block_weights(recipe) -> pd.DataFrame:
     return pd.DataFrame(data, index=index, columns=ids)
 
 
+def weights_caption(recipe) -> str:
+    """What :func:`block_weights` shows for this recipe, for a figure's title."""
+    return "coefficient per model" if recipe.linear else f"{recipe.method}: model weights and parameters"
+
+
 def _duration(trial: TrialRecord) -> float | None:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()

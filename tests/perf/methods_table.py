@@ -16,6 +16,7 @@ recall per category. Takes about (rows x 128 images) of toy rendering: a few min
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,8 +88,6 @@ def main() -> int:
     spec = default_evaluator(cfg, "sd1", list(sources), prompt_set)
     ev = BenchmarkEvaluator(**{**dict(spec.kwargs), "device": "cpu"})
     n = len(ev.benchmarks["holdout"].prompts)
-    import re
-
     results = []
     for i, (label, method, weights, values) in enumerate(rows()):
         if args.only and not re.search(args.only, label):
