@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -70,26 +69,17 @@ def _check_consistent(study: optuna.Study, budget: int) -> list[record.TrialReco
     return records
 
 
-@pytest.fixture
-def name(storage_url):
-    n = f"drv{uuid.uuid4().hex[:8]}"
-    yield n
-    for s in optuna.get_all_study_summaries(storage_url, include_best_trial=False):
-        if s.study_name.startswith(n):
-            optuna.delete_study(study_name=s.study_name, storage=storage_url)
-
-
-def test_two_drivers_started_together_share_one_study(tmp_path, tiny_models, storage_url, name):
+def test_two_drivers_started_together_share_one_study(tmp_path, tiny_models, storage_url, study_name):
     budget = 12
     url = storage_url if storage_url.startswith("postgresql") else f"sqlite:///{tmp_path / 'runs' / 'shared.db'}"
-    cfg = search_config(tmp_path, tiny_models, name=name, storage=url, budget={"trials": budget},
+    cfg = search_config(tmp_path, tiny_models, name=study_name, storage=url, budget={"trials": budget},
                         pruner={"enabled": False}, workers={"heartbeat_seconds": 0.5, "grace_seconds": 5})
     procs = [_driver(tmp_path, cfg, f"d{i}") for i in range(2)]  # the same moment, a fresh storage
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=url)
     records = _check_consistent(study, budget)
     drivers = Counter(r.driver for r in records if r.complete)
     assert len(drivers) == 2, drivers  # both drivers ran trials of the one study
@@ -99,10 +89,10 @@ def test_two_drivers_started_together_share_one_study(tmp_path, tiny_models, sto
     assert study.user_attrs["config_hash"]  # the attrs were set once, by the creator, before any trial
 
 
-def test_a_killed_driver_is_recovered_by_the_other_after_the_grace_period(tmp_path, tiny_models, storage_url, name):
+def test_a_killed_driver_is_recovered_by_the_other_after_the_grace_period(tmp_path, tiny_models, storage_url, study_name):
     budget, grace = 14, 4.0
     url = storage_url if storage_url.startswith("postgresql") else f"sqlite:///{tmp_path / 'runs' / 'shared.db'}"
-    cfg = search_config(tmp_path, tiny_models, name=name, storage=url, budget={"trials": budget},
+    cfg = search_config(tmp_path, tiny_models, name=study_name, storage=url, budget={"trials": budget},
                         pruner={"enabled": False}, workers={"heartbeat_seconds": 0.5, "grace_seconds": grace})
     survivor = _driver(tmp_path, cfg, "a", batch=0.3)
     victim = _driver(tmp_path, cfg, "b", batch=1.0, host="other-host")  # its pid cannot be checked from here
@@ -111,7 +101,7 @@ def test_a_killed_driver_is_recovered_by_the_other_after_the_grace_period(tmp_pa
         while time.time() < deadline:
             time.sleep(0.1)
             try:
-                study = optuna.load_study(study_name=name, storage=url)
+                study = optuna.load_study(study_name=study_name, storage=url)
             except Exception:  # noqa: BLE001 - not created yet (no file, no tables, no study)
                 continue
             mine = [r for r in record.read_all(study) if r.state == "RUNNING" and (r.driver or "").startswith("other-host")]
@@ -126,7 +116,7 @@ def test_a_killed_driver_is_recovered_by_the_other_after_the_grace_period(tmp_pa
     assert stranded, "the victim was killed with a trial in flight"
     out, err = survivor.communicate(timeout=240)
     assert survivor.returncode == 0 and "Traceback" not in err, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=url)
     records = _check_consistent(study, budget)
     by_number = {r.number: r for r in records}
     for n in stranded:
