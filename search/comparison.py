@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search import trial_record as record
+from search.space import METHOD_BASELINE_PREFIX
 from search.trial_record import TrialRecord
 
 LEVEL = 0.95
@@ -86,13 +87,15 @@ def _best_parent(baselines: dict[str, TrialRecord], split: str) -> tuple[str, Tr
 
 
 def comparisons(records: Iterable[TrialRecord], splits: Sequence[str] = ("confirm", "holdout")) -> list[Comparison]:
-    """The reported best against the best parent (on that split) and the uniform merge, per split,
-    wherever both have per-prompt scores on it. Empty when the best is itself a baseline."""
+    """The reported best against the best parent (on that split), the uniform merge and the method's
+    one-click merge (`uniform:<method>`), per split, wherever both have per-prompt scores on it.
+    Empty when the best is a parent; a merge baseline that is the best is compared with the others."""
     records = list(records)
     best = record.best(records)
-    if best is None or best.baseline:
+    if best is None or (best.baseline or "").startswith("parent:"):
         return []
     found = record.baselines(records)
+    merges = sorted(label for label in found if label == "uniform" or label.startswith(METHOD_BASELINE_PREFIX))
     out = []
     for split in splits:
         mine = best.prompts(split)
@@ -102,8 +105,7 @@ def comparisons(records: Iterable[TrialRecord], splits: Sequence[str] = ("confir
         parent = _best_parent(found, split)
         if parent:
             others.append(parent)
-        if "uniform" in found:
-            others.append(("uniform", found["uniform"]))
+        others += [(label, found[label]) for label in merges if label != best.baseline]
         for label, r in others:
             theirs = r.prompts(split)
             if theirs and len(theirs) == len(mine):
@@ -122,7 +124,10 @@ def summary_lines(records: Iterable[TrialRecord]) -> list[str]:
                f"({best.confirmed_score:.3f}; confirm split alone {best.confirm:.3f})")
     else:
         how = f"best = trial {best.number}, the highest search score (no trial confirmed yet)"
-    if best.baseline:
+    if (best.baseline or "").startswith("parent:"):
         return [how, f"the best trial is a baseline ({best.baseline}): no merge beat it"]
-    lines = [how] + [c.text for c in comparisons(records)]
+    lines = [how]
+    if best.baseline:
+        lines.append(f"the best trial is the baseline {best.baseline}: no searched trial beat it")
+    lines += [c.text for c in comparisons(records)]
     return lines

@@ -115,7 +115,11 @@ def dry_run(prepared: Any, *, measure: bool = True, batches: int = 2, out: TextI
     config = prepared.config
     w = config.workers
     o = config.objective
-    print(f"dry run of {config.name}: {len(prepared.sources)} models ({prepared.family}), sampler {config.sampler}, "
+    from search.study import default_startup
+
+    startup = config.sampler_startup if config.sampler_startup is not None else default_startup(prepared.space)
+    print(f"dry run of {config.name}: {len(prepared.sources)} models ({prepared.family}), sampler {config.sampler} "
+          f"(model-based after {startup} completed trials, {len(prepared.space.baselines())} of them baselines), "
           f"budget {config.budget.trials or '-'} trials / {config.budget.hours or '-'} h, "
           f"{w.count} {w.backend} worker(s)", file=out)
     for line in describe_space(prepared):

@@ -45,7 +45,7 @@ def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[R
 
     rows = [row("best", best)]
     found = record.baselines(records)
-    order = sorted(found, key=lambda s: (s == "uniform", s))
+    order = sorted(found, key=lambda s: (s.startswith("uniform"), s))  # parents, then the merge baselines
     rows += [row(label, found[label]) for label in order]
     return rows
 

@@ -262,7 +262,8 @@ def open_run(prepared: Prepared, *, fork: bool = False) -> tuple[OpenedStudy, Ru
     lock = StudyLock(config.storage_url, name)
     opened = open_study(storage=prepared.storage, study_name=name, config_hash=config.config_hash,
                         space=prepared.space, sampler=config.sampler, seed=config.seed, pruner=pruner,
-                        study_attrs=attrs, lock=lock, grace_seconds=config.workers.grace_seconds,
+                        study_attrs=attrs, startup_trials=config.sampler_startup, lock=lock,
+                        grace_seconds=config.workers.grace_seconds,
                         metric=metric_name(config.objective.negative_penalty))
     opened.lock = lock
     text = prepared.config_text or json.dumps(json.loads(config.model_dump_json()), indent=2)

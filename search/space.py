@@ -21,6 +21,18 @@ if TYPE_CHECKING:
 
 Params = dict[str, float]
 
+METHOD_BASELINE_PREFIX = "uniform:"
+
+
+def method_baseline_label(method: str) -> str:
+    """The baseline label of a method's one-click merge (its defaults, every model alike): "uniform:ties"."""
+    return METHOD_BASELINE_PREFIX + method
+
+
+def is_linear_baseline(label: str | None) -> bool:
+    """True for the baselines built as plain linear merges whatever the method: "parent:<name>", "uniform"."""
+    return label is not None and not label.startswith(METHOD_BASELINE_PREFIX)
+
 
 @dataclass(frozen=True)
 class Dimension:
@@ -282,13 +294,34 @@ class SearchSpace:
         return out
 
     def baselines(self) -> list[tuple[str, Params]]:
-        """Each parent alone, then the uniform merge (held components stay held in all of them)."""
+        """Each parent alone, then the uniform merge, then (for a method other than `affine`) the
+        method's own one-click merge, `uniform:<method>` (held components stay held in all of them)."""
         out = []
         for i, m in enumerate(self.models):
             onehot = tuple(1.0 if j == i else 0.0 for j in range(self.n))
             out.append((f"parent:{m}", self.params_for_group_coefficients(onehot)))
         if self.n > 1:  # with one model the uniform merge is that model
             out.append(("uniform", self.params_for_group_coefficients(tuple(1.0 / self.n for _ in range(self.n)))))
+            if self.method != "affine":
+                out.append((method_baseline_label(self.method), self.method_default_params()))
+        return out
+
+    def method_default_params(self) -> Params:
+        """Params of the space's method as a user would run it by hand: its default parameters (clipped
+        into their searched bounds) in every group, every model alike (affine: weight 1 clipped into the
+        group's bounds, the whole task vector as the TIES and DARE papers merge them; simplex: equal
+        coefficients). LoRAs off. The search enqueues it as the `uniform:<method>` baseline: the merge
+        the searched ones must beat, and a known-good point for the sampler to start from."""
+        from merge_core.methods import get_method
+
+        out = self.params_for_group_coefficients(tuple(1.0 / self.n for _ in range(self.n)))
+        defaults = get_method(self.method).defaults()
+        for g in self.groups:
+            for name, (lo, hi) in self.searched_method_params.items():
+                out[f"{g}.{name}"] = min(max(defaults[name], lo), hi)
+            if self.parametrisation == "affine":
+                lo, hi = self.bounds[g]
+                out.update({f"{g}.{m}": min(max(1.0, lo), hi) for m in self.models[1:]})
         return out
 
     # ---- recipe ----------------------------------------------------------------------------------
@@ -296,7 +329,8 @@ class SearchSpace:
                seed: int | None = None, baseline: str | None = None, loras: tuple[Any, ...] = ()) -> Any:
         """The Recipe of a trial's params. Baselines (each parent, the uniform merge) are always the
         plain linear (affine) merge, so they are the same models whatever method the search uses;
-        other trials use the space's method, with held components at the method's identity values.
+        other trials and the `uniform:<method>` baseline use the space's method, with held components
+        at the method's identity values.
         ``seed`` goes into recipes of random methods (DARE). ``loras``: merge_core.recipe.LoraUse per
         searched LoRA (path, sha256, name; in config order), given this trial's strengths."""
         from merge_core import Recipe
@@ -305,7 +339,7 @@ class SearchSpace:
         method = get_method(self.method)
         strengths = self.lora_strengths(params)
         uses = tuple(u.model_copy(update={"strengths": strengths[u.name]}) for u in loras)
-        if baseline is not None or method.name == "affine":
+        if is_linear_baseline(baseline) or method.name == "affine":
             return Recipe(family=family, method="affine", sources=tuple(sources),
                           weights=self.affine_weights(params), dtype=dtype, keep_ema=False, loras=uses,
                           elemental=self.attention_rules(params))

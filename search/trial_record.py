@@ -72,7 +72,7 @@ class TrialRecord(BaseModel):
     confirm_error: str | None = None
     negative_mass: float | None = None  # sum of negative weights (only when the objective penalises it)
 
-    baseline: str | None = None  # "parent:<name>" | "uniform" on baselines
+    baseline: str | None = None  # "parent:<name>" | "uniform" | "uniform:<method>" on baselines
     method_seed: int | None = None  # seed of a random merge method (DARE)
     render_seconds: float | None = None
     apply_seconds: float | None = None

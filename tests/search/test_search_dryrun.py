@@ -63,6 +63,8 @@ def test_dry_run_without_measuring(toy_cfg, capsys):
     assert main(["search", str(path), "--dry-run", "--no-measure"]) == 0
     out = capsys.readouterr().out
     assert "parameters: 14" in out and "per trial" not in out
+    # 3 parents + uniform, then a Sobol start of max(8, 14 // 2) = 8 before the GP
+    assert "sampler auto (model-based after 12 completed trials, 4 of them baselines)" in out
 
 
 def test_dry_run_names_the_method_and_its_fixed_parameters(toy_cfg, capsys):
@@ -77,3 +79,9 @@ def test_dry_run_names_the_method_and_its_fixed_parameters(toy_cfg, capsys):
     out = capsys.readouterr().out
     assert "space: ties (weights affine) over 3 models (the base is 'base'), fixed lambda=1.5, 3 group(s)" in out
     assert re.search(r"OUT\.density\s+\[0\.1, 0\.9\]", out) and "parameters: 9" in out
+    assert "5 of them baselines" in out  # 3 parents (base, a, b), the uniform merge and uniform:ties
+    # a configured start replaces the default
+    cfg["sampler_startup"] = 20
+    ties.write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(ties), "--dry-run", "--no-measure"]) == 0
+    assert "model-based after 20 completed trials" in capsys.readouterr().out

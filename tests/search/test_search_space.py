@@ -159,3 +159,28 @@ def test_elemental_groups_are_extra_dimensions_over_their_blocks(tmp_path):
         make(SpaceSpec(elemental={"bad": "OUT03"}))
     with pytest.raises(ValueError, match="unknown block 'OUT33'"):
         make(SpaceSpec(elemental={"bad": "OUT33:attn2"}))
+
+
+def test_a_method_space_adds_the_methods_one_click_merge_as_a_baseline():
+    """`uniform:ties`: every specialist at weight 1 and TIES' defaults (density 0.2, lambda 1, mergekit's
+    and the paper's), clipped into the searched bounds, built with TIES itself (not the linear merge)."""
+    spec = SpaceSpec(groups={"IN": ("IN00-IN11",), "MID": ("M00",), "OUT": ("OUT00-OUT11",)},
+                     default_bounds=(0.0, 1.2), components={"TE": "search", "VAE": "base"},
+                     method={"name": "ties", "params": {"density": (0.3, 1.0), "lambda": (0.5, 2.0)}})
+    space = make(spec)
+    labels = [label for label, _ in space.baselines()]
+    assert labels == ["parent:base", "parent:a", "parent:b", "uniform", "uniform:ties"]
+    params = dict(space.baselines())["uniform:ties"]
+    assert params["IN.a"] == params["TE.b"] == params["OUT.b"] == 1.0  # (affine bounds always hold 0 and 1)
+    assert params["IN.density"] == 0.3 and params["OUT.lambda"] == 1.0  # 0.2 clipped up; 1 inside [0.5, 2]
+    for d in space.dimensions():
+        assert d.low <= params[d.name] <= d.high
+    sources = tuple(Source(path=f"/{m}.safetensors") for m in ("base", "a", "b"))
+    recipe = space.recipe(params, family="sd1", sources=sources, baseline="uniform:ties")
+    assert recipe.method == "ties"
+    assert recipe.weights["OUT05"] == pytest.approx((1.0, 1.0, 0.3, 1.0))  # w_a, w_b, density, lambda
+    assert recipe.weights["VAE"] == pytest.approx((0.0, 0.0, 1.0, 1.0))  # held from the base
+    linear = space.recipe(dict(space.baselines())["uniform"], family="sd1", sources=sources, baseline="uniform")
+    assert linear.method == "affine"
+    # the affine search has no such baseline: its uniform merge is its one-click merge
+    assert [label for label, _ in make(SpaceSpec()).baselines()][-1] == "uniform"
