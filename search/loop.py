@@ -31,8 +31,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
 from search import trial_record as record
-from search.space import Params, SearchSpace
 from search.liveness import DEFAULT_GRACE, DEFAULT_INTERVAL, Heartbeat, StudyLock, driver_id
+from search.space import Params, SearchSpace
 from search.study import fail_running, finished_count, recover_stale
 from search.tasks import EvalResult, EvalTask
 from search.workers import Crash, WorkerPool

@@ -8,11 +8,10 @@ import urllib.request
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import save_note
 from optuna_dashboard._note import get_note_from_system_attrs
-
-from search.cli import build_parser
 from review_builder import standin_score
 
 from search import trial_record as record
+from search.cli import build_parser
 from search.review import load_run, pick_trial, trial_recipe
 from search.review.dashboard import CATEGORIES_FIGURE_ID, WEIGHTS_FIGURE_ID, DashboardServer, annotate_study
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from PIL import Image
+from review_builder import standin_score
 
 from search.cli import main
 from search.review import load_run, pick_trial, trial_recipe
 from search.review.report import write_report
-from review_builder import standin_score
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_a_fork_keeps_both_studies_reachable(tmp_path, tiny_models, capsys, monk
     assert "--fork" in capsys.readouterr().err
     assert main(["search", str(path), "--quiet", "--fork"]) == 0
     fork = f"t.{parse_config(other).config_hash[:8]}"
-    assert f"also holds t: pass --study NAME" in capsys.readouterr().out
+    assert "also holds t: pass --study NAME" in capsys.readouterr().out
     run = tmp_path / "runs" / "t"
     assert main(["status", str(run)]) == 0  # the latest study by default ...
     out = capsys.readouterr().out

@@ -14,12 +14,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
 from search_helpers import search_config
 
 from search import trial_record as record
-from search.study import finished_count
 from search.storage import _lost_schema_race
+from search.study import finished_count
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -76,7 +75,7 @@ def test_two_drivers_started_together_share_one_study(tmp_path, tiny_models, sto
                         pruner={"enabled": False}, workers={"heartbeat_seconds": 0.5, "grace_seconds": 5})
     procs = [_driver(tmp_path, cfg, f"d{i}") for i in range(2)]  # the same moment, a fresh storage
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
     study = optuna.load_study(study_name=study_name, storage=url)
