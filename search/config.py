@@ -31,6 +31,14 @@ class ModelSpec(_Frozen):
     path: str = Field(min_length=1, description="file path (relative to the config file) or toyworld:NAME")
 
 
+def check_bounds(value: tuple[float, float], where: str) -> tuple[float, float]:
+    """Return ``value`` when low < high; else raise ValueError naming ``where`` (the config key) and the fix."""
+    lo, hi = value
+    if not lo < hi:
+        raise ValueError(f"{where} [{lo}, {hi}] are inverted or empty; write [low, high] with low < high")
+    return value
+
+
 class LoraSearchSpec(_Frozen):
     """A kohya LoRA searched beside the models: one strength per group within ``bounds``.
 
@@ -46,9 +54,7 @@ class LoraSearchSpec(_Frozen):
     @field_validator("bounds")
     @classmethod
     def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not value[0] < value[1]:
-            raise ValueError(f"bounds {list(value)} are inverted or empty; write [low, high] with low < high")
-        return value
+        return check_bounds(value, "bounds")
 
 
 class MethodSpec(_Frozen):
@@ -82,9 +88,7 @@ class MethodSpec(_Frozen):
                                  f"(it has {', '.join(known) or 'none'})")
             p = known[name]
             if isinstance(value, tuple):
-                lo, hi = value
-                if not lo < hi:
-                    raise ValueError(f"params.{name}: bounds [{lo}, {hi}] are inverted or empty; write [low, high]")
+                lo, hi = check_bounds(value, f"params.{name}: bounds")
                 p.check(lo, f"params.{name} (low)")
                 p.check(hi, f"params.{name} (high)")
             else:
@@ -114,17 +118,14 @@ class SpaceSpec(_Frozen):
     @field_validator("bounds")
     @classmethod
     def _bounds_ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-        for group, (lo, hi) in value.items():
-            if not lo < hi:
-                raise ValueError(f"bounds for {group!r} are inverted or empty: [{lo}, {hi}]; write [low, high] with low < high")
+        for group, bounds in value.items():
+            check_bounds(bounds, f"bounds for {group!r}")
         return value
 
     @field_validator("default_bounds")
     @classmethod
     def _default_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not value[0] < value[1]:
-            raise ValueError(f"default_bounds are inverted or empty: {list(value)}; write [low, high] with low < high")
-        return value
+        return check_bounds(value, "default_bounds")
 
     @field_validator("preset")
     @classmethod

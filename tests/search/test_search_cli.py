@@ -50,7 +50,7 @@ def test_bad_config_is_one_clear_error_before_any_trial(case, tmp_path, tiny_mod
         over, needle = {"sampler": "bayes"}, "sampler: unknown sampler 'bayes'; choose one of auto, cmaes, random, tpe"
     elif case == "inverted bounds":
         over = {"space": {"parametrisation": "affine", "bounds": {"IN": [1.2, -0.3]}}}
-        needle = "space.bounds: bounds for 'IN' are inverted"
+        needle = "space.bounds: bounds for 'IN' [1.2, -0.3] are inverted"
     elif case == "unreachable storage":
         over = {"storage": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"}
         needle = "storage postgresql+psycopg://postgres@127.0.0.1:9/nowhere: cannot connect"

@@ -35,7 +35,7 @@ def test_defaults_and_hash():
     "change, needle",
     [
         ({"sampler": "bayes"}, "t.yaml: sampler: unknown sampler 'bayes'; choose one of auto, cmaes, random, tpe"),
-        ({"space": {"bounds": {"IN": [1.0, 0.0]}}}, "t.yaml: space.bounds: bounds for 'IN' are inverted"),
+        ({"space": {"bounds": {"IN": [1.0, 0.0]}}}, "t.yaml: space.bounds: bounds for 'IN' [1.0, 0.0] are inverted"),
         ({"space": {"default_bounds": [0.2, 1.0]}}, "must include 0 and 1"),
         ({"budget": {}}, "t.yaml: budget: give `trials`, `hours` or both"),
         ({"objective": {"tagger": "clip"}}, "t.yaml: objective: give exactly one of `prompts`"),
