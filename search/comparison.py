@@ -1,5 +1,6 @@
-"""How sure the result is: paired comparisons of the reported best with the best parent and the
-uniform merge, on the same prompts and seeds, with a bootstrap 95 % interval.
+"""How sure the result is: paired comparisons of the reported best with the best parent, the
+uniform merge and the method's one-click merge (`uniform:<method>`), on the same prompts and seeds,
+with a bootstrap 95 % interval.
 
 Pure: reads `search.trial_record.TrialRecord`s (their per-prompt scores) and returns numbers and
 sentences; the closing table, `status`, `report`, the dashboard note and export's provenance all

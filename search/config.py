@@ -287,8 +287,9 @@ class SearchConfig(_Frozen):
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     objective: ObjectiveSpec
     sampler: str = "auto"
-    # completed trials (baselines included) before `auto` leaves its Sobol start for the GP (and tpe /
-    # cmaes their random start); None: search.study.default_startup
+    # completed trials (baselines included) before `auto` leaves its Sobol start for the GP (tpe and
+    # cmaes: finished trials before they leave their random start; random ignores it);
+    # None: search.study.default_startup
     sampler_startup: int | None = Field(default=None, ge=0)
     seed: int = 0
     budget: BudgetSpec

@@ -118,8 +118,10 @@ def dry_run(prepared: Any, *, measure: bool = True, batches: int = 2, out: TextI
     from search.study import default_startup
 
     startup = config.sampler_startup if config.sampler_startup is not None else default_startup(prepared.space)
-    print(f"dry run of {config.name}: {len(prepared.sources)} models ({prepared.family}), sampler {config.sampler} "
-          f"(model-based after {startup} completed trials, {len(prepared.space.baselines())} of them baselines), "
+    n_base = len(prepared.space.baselines())
+    how = ("" if config.sampler == "random" else
+           f" (model-based after {max(startup, n_base)} completed trials, {n_base} of them baselines)")
+    print(f"dry run of {config.name}: {len(prepared.sources)} models ({prepared.family}), sampler {config.sampler}{how}, "
           f"budget {config.budget.trials or '-'} trials / {config.budget.hours or '-'} h, "
           f"{w.count} {w.backend} worker(s)", file=out)
     for line in describe_space(prepared):

@@ -1,4 +1,5 @@
-"""The closing table: the best trial against each parent and the uniform merge, on the search,
+"""The closing table: the best trial against each parent and the merge baselines (the uniform merge,
+and `uniform:<method>` in a search of another method), on the search,
 confirm and holdout splits, with the paired comparisons of `search.comparison` under it.
 
 Read through `search.trial_record`, so a study left by an interrupted or older run (a baseline with

@@ -268,10 +268,15 @@ class SearchSpace:
 
     # ---- baselines -------------------------------------------------------------------------------
     def params_for_group_coefficients(self, target: tuple[float, ...]) -> dict[str, float]:
-        """Params giving `target` coefficients in every group (used for the baselines).
+        """Params giving `target` coefficients in every group: the linear baselines' params, and the
+        start of `method_default_params`.
 
         Searched method parameters take the method's identity values clipped into their bounds:
-        a baseline's recipe is the plain linear merge whatever the method (see ``recipe``).
+        a linear baseline's recipe is the plain linear merge whatever the method (see ``recipe``).
+        The samplers read these params as the method's: a parent is that point exactly when the
+        identity values lie inside the bounds (TIES density 1 and lambda 1, DARE drop 0); the linear
+        `uniform` merge is not a point of a TIES space (TIES normalises by the weights), so a GP sees
+        its score at a nearby TIES merge (density 1), away from where good TIES merges lie.
         """
         from merge_core.methods import get_method
 
@@ -308,9 +313,10 @@ class SearchSpace:
 
     def method_default_params(self) -> Params:
         """Params of the space's method as a user would run it by hand: its default parameters (clipped
-        into their searched bounds) in every group, every model alike (affine: weight 1 clipped into the
-        group's bounds, the whole task vector as the TIES and DARE papers merge them; simplex: equal
-        coefficients). LoRAs off. The search enqueues it as the `uniform:<method>` baseline: the merge
+        into their searched bounds; parameters the config fixes keep their value) in every group, every
+        model alike (affine: weight 1, the whole task vector as the TIES and DARE papers merge them;
+        simplex: 1/n each, the same merge for TIES, which normalises by the weights, a weaker one for
+        DARE). LoRAs off. The search enqueues it as the `uniform:<method>` baseline: the merge
         the searched ones must beat, and a known-good point for the sampler to start from."""
         from merge_core.methods import get_method
 

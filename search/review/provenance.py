@@ -43,7 +43,7 @@ def provenance(study_name: str, study_attrs: dict[str, Any], trial: TrialRecord,
     `scores.objective` is what the search maximised; `scores.search` the raw tag recall on the search
     split (equal without a negative-weight penalty); `holdout`/`confirm` raw tag recall on those.
     `comparisons`: how the trial was chosen and its paired intervals against the best parent and the
-    uniform merge (`search.comparison.summary_lines`), when it is the study's reported best."""
+    merge baselines (`search.comparison.summary_lines`), when it is the study's reported best."""
     config = _json_attr(study_attrs.get("config"))
     return {
         "tool": "mergesearch",

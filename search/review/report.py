@@ -38,7 +38,7 @@ class ReportFiles(BaseModel):
 
 
 def references(study: optuna.Study) -> dict[str, float]:
-    """Each baseline's objective on the search split, by label ("parent:<name>", "uniform")."""
+    """Each baseline's objective on the search split, by label ("parent:<name>", "uniform", "uniform:<method>")."""
     return {label: float(t.objective) for label, t in baselines(study).items()}
 
 

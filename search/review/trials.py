@@ -25,7 +25,7 @@ def completed(study: optuna.Study) -> list[TrialRecord]:
 
 
 def baselines(study: optuna.Study) -> dict[str, TrialRecord]:
-    """Completed baseline trials by label ("parent:<name>", "uniform"); a retried baseline's latest
+    """Completed baseline trials by label ("parent:<name>", "uniform", "uniform:<method>"); a retried baseline's latest
     completion wins, as in the search's closing table."""
     return record.baselines(records(study))
 
