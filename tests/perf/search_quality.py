@@ -63,6 +63,7 @@ def ranked_by_search(trials: list[TrialRecord], k: int) -> list[TrialRecord]:
 
 def checkpoint_row(trials: list[TrialRecord], k: int, top: int, holdout: HoldoutScores) -> dict | None:
     from search.comparison import paired_bootstrap
+    from search.space import METHOD_BASELINE_PREFIX
 
     ranked = ranked_by_search(trials, k)
     best = confirmed_best(trials, k)
@@ -72,10 +73,17 @@ def checkpoint_row(trials: list[TrialRecord], k: int, top: int, holdout: Holdout
     parents = [t for label, t in record.baselines(trials).items() if label.startswith("parent:")]
     parent = max(parents, key=holdout)
     d = paired_bootstrap(holdout.prompts(best), holdout.prompts(parent))
-    return {"search": best.objective, "confirmed": best.confirmed_score, "holdout": holdout(best),
-            "trial": best.number, "baseline": best.baseline, "vs_parent": [d.diff, d.low, d.high],
-            "beats_parent": d.low > 0, "best_parent": parent.baseline,
-            "by_search_holdout": holdout(ranked[0]), f"top{top}_holdout": statistics.mean(top_holdout)}
+    row = {"search": best.objective, "confirmed": best.confirmed_score, "holdout": holdout(best),
+           "trial": best.number, "baseline": best.baseline, "vs_parent": [d.diff, d.low, d.high],
+           "beats_parent": d.low > 0, "best_parent": parent.baseline,
+           "by_search_holdout": holdout(ranked[0]), f"top{top}_holdout": statistics.mean(top_holdout)}
+    # the method's one-click merge (uniform:ties, ...): a best that beats the parent only through it is
+    # no credit to the sampler, so the row says how the best compares with it too
+    for label, t in record.baselines(trials).items():
+        if label.startswith(METHOD_BASELINE_PREFIX) and label != best.baseline:
+            m = paired_bootstrap(holdout.prompts(best), holdout.prompts(t))
+            row["vs_method_baseline"] = [label, m.diff, m.low, m.high]
+    return row
 
 
 def main() -> None:
@@ -160,16 +168,28 @@ def print_table(results: list[dict], samplers: list[str], ks: list[int], seeds: 
                 cells.append(f"{statistics.mean(vals):.3f} ({each})" if vals else "-")
             print(f"{sampler:8} " + " ".join(f"{c:>24}" for c in cells))
     base = max(r["best_baseline_holdout"] for r in results)
-    print(f"best baseline (parent or uniform) on holdout: {base:.3f}")
+    print(f"best baseline (parents, uniform, uniform:<method>) on holdout: {base:.3f}")
     print("\nconfirmed best against the best parent on holdout, paired bootstrap 95 % (per seed):")
     for sampler in samplers:
         for k in ks:
             cells = []
             for r in (r for r in results if r["sampler"] == sampler and k in r["at"]):
                 d, lo, hi = r["at"][k]["vs_parent"]
-                cells.append(f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}")
+                own = f" (the baseline {r['at'][k]['baseline']})" if r["at"][k]["baseline"] else ""
+                cells.append(f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}{own}")
             wins = sum(1 for r in results if r["sampler"] == sampler and k in r["at"] and r["at"][k]["beats_parent"])
             print(f"  {sampler:8} @{k:<4} beats the best parent in {wins} of {len(cells)}: " + "; ".join(cells))
+    versus = [(r, k) for r in results for k in ks if k in r["at"] and "vs_method_baseline" in r["at"][k]]
+    if versus:
+        print("\nconfirmed best against the method's one-click merge on holdout (per seed):")
+        for sampler in samplers:
+            for k in ks:
+                cells = [f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}"
+                         for r, kk in versus if r["sampler"] == sampler and kk == k
+                         for _label, d, lo, hi in [r["at"][k]["vs_method_baseline"]]]
+                if cells:
+                    label = next(r["at"][k]["vs_method_baseline"][0] for r, kk in versus if kk == k)
+                    print(f"  {sampler:8} @{k:<4} against {label}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
