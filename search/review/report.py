@@ -85,10 +85,13 @@ def summary(study: optuna.Study) -> str:
         row["holdout"] = trial.holdout
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("trial")
-    parents = frame[frame.index.str.startswith("parent:")]
-    if len(parents):
-        for column, best_parent in ((METRIC, parents[METRIC].max()), ("holdout", parents["holdout"].max())):
-            if pd.notna(best_parent):
+    # from the baselines, not the frame's rows: a parent that is the best shows as "best", not "parent:"
+    parents = [t for label, t in baselines(study).items() if label.startswith("parent:")]
+    if parents:
+        for column, best_parent in ((METRIC, max((t.search for t in parents if t.search is not None), default=None)),
+                                    ("holdout", max((t.holdout for t in parents if t.holdout is not None),
+                                                    default=None))):
+            if best_parent is not None:
                 name = "vs best parent" if column == METRIC else "holdout vs best"
                 frame[name] = (frame[column] - best_parent).map(
                     lambda v: "-" if pd.isna(v) else f"{v:+.4f}")

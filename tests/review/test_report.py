@@ -91,3 +91,23 @@ def test_block_weights_of_a_non_linear_recipe_show_model_weights_and_method_para
     png = plots.weights_plot(ties, tmp_path / "w.png", title="ties")
     with Image.open(png) as image:
         assert image.format == "PNG" and image.height > 200
+
+
+def test_a_parent_that_is_the_best_is_its_own_best_parent():
+    """When a parent is the reported best it shows as `best`; the gap to the best parent is then 0,
+    not its lead over the other parents."""
+    import optuna
+
+    from search import trial_record as record
+    from search.review.report import summary
+
+    study = optuna.create_study(direction="maximize")
+    for label, score, hold in (("parent:base", 0.40, 0.38), ("parent:a", 0.60, 0.55), ("uniform", 0.50, 0.47)):
+        t = study.ask()
+        record.write(t, baseline=label, recipe="{}", search=score, holdout=hold)
+        study.tell(t, score)
+    text = summary(study)
+    best_row = next(line for line in text.splitlines() if line.startswith("best (#1, parent:a)"))
+    assert best_row.split()[-2:] == ["+0.0000", "+0.0000"]  # vs best parent (search), holdout vs best
+    uniform_row = next(line for line in text.splitlines() if line.startswith("uniform (#2)"))
+    assert uniform_row.split()[-2:] == ["-0.1000", "-0.0800"]  # 0.50 - 0.60, 0.47 - 0.55 by hand
