@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search import trial_record as record
-from search.space import METHOD_BASELINE_PREFIX
+from search.space import is_merge_baseline
 from search.trial_record import TrialRecord
 
 LEVEL = 0.95
@@ -82,7 +82,9 @@ class Comparison:
         return f"{self.split}: trial {self.best} {verdict(self.diff, self.other)}"
 
 
-def _best_parent(baselines: dict[str, TrialRecord], split: str) -> tuple[str, TrialRecord] | None:
+def best_parent(baselines: dict[str, TrialRecord], split: str) -> tuple[str, TrialRecord] | None:
+    """(label, record) of the parent with the highest score on ``split`` among ``baselines`` (by label,
+    as `trial_record.baselines` gives them), or None when no parent is scored there."""
     parents = [(label, r) for label, r in baselines.items() if label.startswith("parent:") and r.score(split) is not None]
     return max(parents, key=lambda p: p[1].score(split)) if parents else None
 
@@ -96,14 +98,14 @@ def comparisons(records: Iterable[TrialRecord], splits: Sequence[str] = ("confir
     if best is None or (best.baseline or "").startswith("parent:"):
         return []
     found = record.baselines(records)
-    merges = sorted(label for label in found if label == "uniform" or label.startswith(METHOD_BASELINE_PREFIX))
+    merges = sorted(label for label in found if is_merge_baseline(label))
     out = []
     for split in splits:
         mine = best.prompts(split)
         if not mine:
             continue
         others = []
-        parent = _best_parent(found, split)
+        parent = best_parent(found, split)
         if parent:
             others.append(parent)
         others += [(label, found[label]) for label in merges if label != best.baseline]

@@ -115,9 +115,9 @@ def dry_run(prepared: Any, *, measure: bool = True, batches: int = 2, out: TextI
     config = prepared.config
     w = config.workers
     o = config.objective
-    from search.study import default_startup
+    from search.study import sampler_startup
 
-    startup = config.sampler_startup if config.sampler_startup is not None else default_startup(prepared.space)
+    startup = sampler_startup(prepared.space, config.sampler_startup)
     n_base = len(prepared.space.baselines())
     how = ("" if config.sampler == "random" else
            f" (model-based after {max(startup, n_base)} completed trials, {n_base} of them baselines)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial
 
 from search import trial_record as record
+from search.space import is_merge_baseline
 from search.trial_record import TrialRecord
 
 
@@ -46,7 +47,7 @@ def result_rows(trials: Iterable[FrozenTrial] | Sequence[TrialRecord]) -> list[R
 
     rows = [row("best", best)]
     found = record.baselines(records)
-    order = sorted(found, key=lambda s: (s.startswith("uniform"), s))  # parents, then the merge baselines
+    order = sorted(found, key=lambda s: (is_merge_baseline(s), s))  # parents, then the merge baselines
     rows += [row(label, found[label]) for label in order]
     return rows
 

@@ -29,6 +29,11 @@ def method_baseline_label(method: str) -> str:
     return METHOD_BASELINE_PREFIX + method
 
 
+def is_merge_baseline(label: str) -> bool:
+    """True for the baselines that are merges, not parents: "uniform" and "uniform:<method>"."""
+    return label == "uniform" or label.startswith(METHOD_BASELINE_PREFIX)
+
+
 def is_linear_baseline(label: str | None) -> bool:
     """True for the baselines built as plain linear merges whatever the method: "parent:<name>", "uniform"."""
     return label is not None and not label.startswith(METHOD_BASELINE_PREFIX)

@@ -82,7 +82,7 @@ def open_study(
         created = study_name not in existing
         n_existing = 0 if created else len(storage.get_all_trials(storage.get_study_id_from_name(study_name),
                                                                     deepcopy=False))
-        startup = startup_trials if startup_trials is not None else default_startup(space)
+        startup = sampler_startup(space, startup_trials)
         # Seed shifted by the trials already stored so a resumed run does not replay its first proposals.
         sampler_obj = make_sampler(sampler, seed=seed + n_existing, n_startup_trials=startup)
         if created:
@@ -142,6 +142,12 @@ def default_startup(space: SearchSpace) -> int:
     40-trial search of the toy world's 20 dimensions (6 baselines, a quarter of its trials pruned)
     about 6 GP trials; measured in the README's search-quality section."""
     return len(space.baselines()) + min(max(8, len(space.dimensions()) // 2), 24)
+
+
+def sampler_startup(space: SearchSpace, configured: int | None) -> int:
+    """Completed trials before the model-based sampler takes over: the config's `sampler_startup`, else
+    `default_startup`."""
+    return configured if configured is not None else default_startup(space)
 
 
 def storage_label(storage: optuna.storages.BaseStorage) -> str:

@@ -10,6 +10,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from search import trial_record as record
+from search.comparison import best_parent
 from search.review import plots
 from search.review.run import ReviewError, RunFolder
 from search.review.trials import (
@@ -86,15 +87,12 @@ def summary(study: optuna.Study) -> str:
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("trial")
     # from the baselines, not the frame's rows: a parent that is the best shows as "best", not "parent:"
-    parents = [t for label, t in baselines(study).items() if label.startswith("parent:")]
-    if parents:
-        for column, best_parent in ((METRIC, max((t.search for t in parents if t.search is not None), default=None)),
-                                    ("holdout", max((t.holdout for t in parents if t.holdout is not None),
-                                                    default=None))):
-            if best_parent is not None:
-                name = "vs best parent" if column == METRIC else "holdout vs best"
-                frame[name] = (frame[column] - best_parent).map(
-                    lambda v: "-" if pd.isna(v) else f"{v:+.4f}")
+    found = baselines(study)
+    for column, split, name in ((METRIC, "search", "vs best parent"), ("holdout", "holdout", "holdout vs best")):
+        parent = best_parent(found, split)
+        if parent is not None:
+            frame[name] = (frame[column] - parent[1].score(split)).map(
+                lambda v: "-" if pd.isna(v) else f"{v:+.4f}")
     lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     from search.comparison import summary_lines
 

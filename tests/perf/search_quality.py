@@ -174,22 +174,26 @@ def print_table(results: list[dict], samplers: list[str], ks: list[int], seeds: 
         for k in ks:
             cells = []
             for r in (r for r in results if r["sampler"] == sampler and k in r["at"]):
-                d, lo, hi = r["at"][k]["vs_parent"]
                 own = f" (the baseline {r['at'][k]['baseline']})" if r["at"][k]["baseline"] else ""
-                cells.append(f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}{own}")
+                cells.append(_cell(r["seed"], *r["at"][k]["vs_parent"]) + own)
             wins = sum(1 for r in results if r["sampler"] == sampler and k in r["at"] and r["at"][k]["beats_parent"])
             print(f"  {sampler:8} @{k:<4} beats the best parent in {wins} of {len(cells)}: " + "; ".join(cells))
-    versus = [(r, k) for r in results for k in ks if k in r["at"] and "vs_method_baseline" in r["at"][k]]
-    if versus:
-        print("\nconfirmed best against the method's one-click merge on holdout (per seed):")
-        for sampler in samplers:
-            for k in ks:
-                cells = [f"s{r['seed']} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}"
-                         for r, kk in versus if r["sampler"] == sampler and kk == k
-                         for _label, d, lo, hi in [r["at"][k]["vs_method_baseline"]]]
-                if cells:
-                    label = next(r["at"][k]["vs_method_baseline"][0] for r, kk in versus if kk == k)
-                    print(f"  {sampler:8} @{k:<4} against {label}: " + "; ".join(cells))
+    header = "\nconfirmed best against the method's one-click merge on holdout (per seed):"
+    for sampler in samplers:
+        for k in ks:
+            found = [(r["seed"], r["at"][k]["vs_method_baseline"]) for r in results
+                     if r["sampler"] == sampler and "vs_method_baseline" in r["at"].get(k, {})]
+            if found:
+                if header:
+                    print(header)
+                    header = ""
+                label = found[0][1][0]
+                print(f"  {sampler:8} @{k:<4} against {label}: " + "; ".join(_cell(seed, *v[1:]) for seed, v in found))
+
+
+def _cell(seed: int, diff: float, low: float, high: float) -> str:
+    """One seed's paired difference with its interval; * when the interval is above zero."""
+    return f"s{seed} {diff:+.3f} [{low:+.3f}, {high:+.3f}]{' *' if low > 0 else ''}"
 
 
 if __name__ == "__main__":
