@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,15 +367,14 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
     scratch = torch.empty(CHUNK)
     out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
     total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
-        for plan in plans:
+    ahead = _WholeKeysAhead(plans, lambda plan: _whole_key_bytes(plan, ckpts, method, seed, state), method)
+    with ahead, tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
+        for i, plan in enumerate(plans):
             writer.begin(plan.key)
-            if plan.channels is not None:
-                writer.write(tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state)))
-            elif plan.adjust is not None or plan.lora:  # whole tensor in fp32: adjusted and/or LoRAs added, cast
-                writer.write(tensor_bytes(_adjusted(plan, ckpts, method, seed, state)))
-            elif plan.vector is not None:
-                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+            if ahead.holds(i):
+                writer.write(ahead.result(i))
+            elif plan.vector is not None:  # an elementwise method: chunk by chunk
+                tensors = [ckpts[j].tensor(plan.key) for j in plan.sources]
                 ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
                 for part in method_chunks(method, tensors, plan.vector, ctx):
                     writer.write(tensor_bytes(_cast_checked(part, plan, ckpts)))
@@ -384,11 +384,11 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
                     raise _nonfinite_error(plan, ckpts, plan.dtype)
                 writer.write(src.raw_bytes(plan.key))
             elif plan.dtype in FP8:
-                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+                tensors = [ckpts[j].tensor(plan.key) for j in plan.sources]
                 for part in combine_chunks(tensors, plan.coeffs, torch.float32, scratch=scratch):
                     writer.write(tensor_bytes(_cast_checked(part, plan, ckpts)))
             else:
-                tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+                tensors = [ckpts[j].tensor(plan.key) for j in plan.sources]
                 chunks = combine_chunks(
                     tensors, plan.coeffs, plan.dtype, scratch=scratch, out_scratch=out_scratch.get(plan.dtype)
                 )
@@ -399,6 +399,114 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
             bar.update(writer.offsets[plan.key][1] - writer.offsets[plan.key][0])
             if on_key is not None:
                 on_key(plan.key)
+
+
+def _is_whole_key(plan: KeyPlan, method: MergeMethod | None) -> bool:
+    """Whether the key's output is computed as one tensor (not streamed chunk by chunk)."""
+    if plan.channels is not None or plan.adjust is not None or plan.lora:
+        return True
+    return plan.vector is not None and method is not None and not method.elementwise
+
+
+def _whole_key_bytes(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> memoryview:
+    """The output bytes of a whole-tensor key (see _is_whole_key), checked finite and cast."""
+    if plan.channels is not None:
+        return tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state))
+    if plan.adjust is not None or plan.lora:  # whole tensor in fp32: adjusted and/or LoRAs added, cast
+        return tensor_bytes(_adjusted(plan, ckpts, method, seed, state))
+    tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
+    (part,) = method_chunks(method, tensors, plan.vector, KeyContext(plan.key, plan.shape, 0, seed, state))
+    return tensor_bytes(_cast_checked(part, plan, ckpts))
+
+
+def merge_workers() -> int:
+    """Threads that compute whole-tensor keys (TIES, SLERP, the cosine calc modes, ...) in parallel.
+
+    One per CPU this process may run on, at most 8; ``MERGESEARCH_MERGE_THREADS`` overrides it
+    (1: every key on the calling thread). Each runs torch on one thread (one_torch_thread): no
+    OpenMP barriers to stall on a busy host.
+    """
+    env = os.environ.get("MERGESEARCH_MERGE_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise CheckpointError(
+                f"MERGESEARCH_MERGE_THREADS={env!r} is not a whole number; set it to 1 or more, or unset it"
+            ) from None
+        if n < 1:
+            raise CheckpointError(f"MERGESEARCH_MERGE_THREADS={n} must be 1 or more; 1 merges on one thread")
+        return n
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+_AHEAD_BYTES = 384 << 20  # working memory of the keys computed ahead (the largest key always runs)
+_AHEAD_KEYS = 64  # at most this many keys submitted ahead of the writer
+
+
+class _WholeKeysAhead:
+    """Whole-tensor keys computed by worker threads ahead of the writer, handed over in file order.
+
+    A whole-tensor method (a top-k, a norm, a filter) is compute-bound and its keys are independent,
+    so up to ``merge_workers()`` of them run at once; the writer still writes every key in order,
+    so the output is the same bytes as one thread's. Memory stays bounded: the keys in flight hold
+    at most _AHEAD_BYTES of fp32 results and output copies together (any one key may exceed it
+    alone). An error in a key is raised when the writer reaches that key, as on one thread; the
+    keys still in flight are then cancelled or awaited.
+    """
+
+    def __init__(self, plans: list[KeyPlan], compute, method: MergeMethod | None):
+        self.plans, self.compute = plans, compute
+        self.order = [i for i, p in enumerate(plans) if _is_whole_key(p, method)]
+        self.whole = set(self.order)
+        self.workers = merge_workers() if len(self.order) > 1 else 1
+        self.pool = None
+        self.futures: dict[int, Future] = {}
+        self.next = 0  # position in self.order of the next key to submit
+        self.in_flight = 0  # bytes the submitted, not yet written keys hold
+        self.handed = 0  # bytes of the key last handed to the writer (written by the next call)
+
+    def __enter__(self) -> _WholeKeysAhead:
+        if self.workers > 1:
+            # torch's OpenMP thread count is per thread: each worker sets its own to 1
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="merge-key",
+                                           initializer=torch.set_num_threads, initargs=(1,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def holds(self, i: int) -> bool:
+        return i in self.whole
+
+    def _cost(self, i: int) -> int:
+        p = self.plans[i]
+        n = 1
+        for s in p.shape:
+            n *= s
+        return n * (4 + p.dtype.itemsize)  # the fp32 result and its cast copy
+
+    def _top_up(self) -> None:
+        # Keys differ in size by 1000x: a count of keys ahead would starve the workers behind one
+        # big key, so the memory budget is what bounds the lookahead (the count only caps overhead).
+        while self.next < len(self.order) and len(self.futures) < _AHEAD_KEYS:
+            i = self.order[self.next]
+            if self.futures and self.in_flight + self._cost(i) > _AHEAD_BYTES:
+                return
+            self.futures[i] = self.pool.submit(self.compute, self.plans[i])
+            self.in_flight += self._cost(i)
+            self.next += 1
+
+    def result(self, i: int) -> memoryview:
+        """Key i's output bytes (computed here when there is no pool)."""
+        if self.pool is None:
+            return self.compute(self.plans[i])
+        self.in_flight -= self.handed  # the writer is done with the previous key
+        self._top_up()
+        data = self.futures.pop(i).result()
+        self.handed = self._cost(i)
+        return data
 
 
 def _cast_checked(part: torch.Tensor, plan: KeyPlan, ckpts: list[Checkpoint]) -> torch.Tensor:

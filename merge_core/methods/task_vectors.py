@@ -7,7 +7,7 @@ block. All arithmetic is fp32.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ _LAMBDA = Param("lambda", 1.0, 0.0, 4.0, "scale of the merged task vector")
 
 _WHOLE_SELECT = 1 << 13  # up to this many elements, one selection over the whole tensor is cheap
 _SAMPLE = 1 << 14  # largest strided sample that brackets the k-th largest value of a bigger tensor
+_CHUNK = 1 << 18  # elements per piece of the passes below: in cache, and few enough ops that threads scale
 
 
 def _smallest(values: torch.Tensor, ranks: Sequence[int]) -> list[float]:
@@ -34,37 +35,86 @@ def _smallest(values: torch.Tensor, ranks: Sequence[int]) -> list[float]:
     return [float(torch.kthvalue(values, r + 1).values) for r in ranks]
 
 
-def kth_largest(values: torch.Tensor, k: int) -> float:
-    """The ``k``-th largest element (1 <= k <= numel) of the flat fp32 tensor ``values`` (exact).
+ValuesAt = Callable[[slice, "torch.Tensor | None"], torch.Tensor]
 
-    Exactly ``torch.kthvalue(values, numel - k + 1).values``, but a selection over a whole tensor
-    costs about 30-90 ns an element on CPU and an SD1.5 task vector has 1e9 elements. So the value
-    is bracketed by two order statistics of a strided sample (rank k/numel of the sample +- 5
-    binomial standard deviations), the elements above the bracket are counted, and the exact
-    selection runs only on the elements inside it (a few percent). If the bracket misses (a sample
-    unlike the tensor), the whole tensor is selected from. Raises ValueError for k out of range.
+
+def _select_kth_largest(n: int, k: int, values_at: ValuesAt, device: torch.device) -> float:
+    """The k-th largest (1 <= k <= n) of n fp32 values that ``values_at(slice, out)`` computes on demand.
+
+    ``values_at(sl, out)`` returns the flat fp32 values at ``sl`` (a contiguous or strided slice of
+    range(n)), written into ``out`` when it is given (an fp32 buffer of the slice's length), so the
+    values never need to exist all at once. A selection over a whole tensor costs about 15-60 ns an
+    element on CPU and an SD1.5 task vector has 1e9 elements, so the value is bracketed by two order
+    statistics of a strided sample (rank k/n of the sample +- 5 binomial standard deviations). One
+    pass then counts the values above the bracket and gathers those inside it (a few percent), and
+    the exact selection runs on those alone. On CPU the pass runs piece by piece in cache with
+    numpy's comparisons (``count_nonzero`` of a comparison is ~20x faster than torch's bool sum).
+    If the bracket misses (a sample unlike the tensor), the whole tensor is selected from.
     """
-    n = values.numel()
-    if not 1 <= k <= n:
-        raise ValueError(f"k = {k} is outside [1, {n}]")
     if n <= _WHOLE_SELECT:
-        return _smallest(values, [n - k])[0]
-    sample = values[:: n // min(_SAMPLE, n // 32)].contiguous()  # 256 .. 2 * _SAMPLE elements
+        return _smallest(values_at(slice(None), None), [n - k])[0]
+    sample = values_at(slice(None, None, n // min(_SAMPLE, n // 32)), None).contiguous()  # 256 .. 2 * _SAMPLE
     s = sample.numel()
     mid = k / n * s
     margin = 5.0 * math.sqrt(mid * (1.0 - k / n)) + 16.0
     # hi: most likely above the k-th largest; lo: most likely below it (ranks counted from the top)
     hi, lo = _smallest(sample, [s - max(1, math.floor(mid - margin)), s - min(s, math.ceil(mid + margin))])
-    above = int((values > hi).sum())
-    if above < k:
+    if device.type == "cpu":
+        above, bands = 0, []
+        buf = torch.empty(min(n, _CHUNK))
+        for start in range(0, n, _CHUNK):
+            x = values_at(slice(start, start + _CHUNK), buf[: min(_CHUNK, n - start)]).numpy()
+            above += int(np.count_nonzero(x > hi))
+            bands.append(x[(x >= lo) & (x <= hi)])  # a copy: buf is reused
+        band = torch.from_numpy(np.concatenate(bands))
+    else:
+        values = values_at(slice(None), None)
+        above = int((values > hi).sum())
         inside = values >= lo
         inside &= values <= hi
         band = values[inside]
-        del inside
-        rank = k - above  # the k-th largest overall is the rank-th largest inside [lo, hi]
-        if rank <= band.numel():
-            return _smallest(band, [band.numel() - rank])[0]
-    return _smallest(values, [n - k])[0]
+        del values, inside
+    rank = k - above  # the k-th largest overall is the rank-th largest inside [lo, hi]
+    if 1 <= rank <= band.numel():
+        return _smallest(band, [band.numel() - rank])[0]
+    return _smallest(values_at(slice(None), None).contiguous(), [n - k])[0]
+
+
+def kth_largest(values: torch.Tensor, k: int) -> float:
+    """The ``k``-th largest element (1 <= k <= numel) of the flat fp32 tensor ``values`` (exact).
+
+    Exactly ``torch.kthvalue(values, numel - k + 1).values``, computed by bracketing and a
+    selection over the bracket (see :func:`_select_kth_largest`). Raises ValueError for k out of range.
+    """
+    n = values.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k = {k} is outside [1, {n}]")
+
+    def values_at(sl: slice, out: torch.Tensor | None) -> torch.Tensor:
+        return values[sl]  # views: nothing to compute
+
+    return _select_kth_largest(n, k, values_at, values.device)
+
+
+def kth_largest_magnitude(model: torch.Tensor, base: torch.Tensor, k: int) -> float:
+    """The ``k``-th largest |model - base| (1 <= k <= numel) with the difference taken in fp32 (exact).
+
+    ``model`` and ``base``: same-shape tensors in any float dtype that upcasts exactly to fp32
+    (fp16, bf16, fp32). The task vector is computed piece by piece, never whole: TIES' trim
+    threshold costs one pass over the two sources and no memory of the key's size. Raises
+    ValueError for k out of range.
+    """
+    n = base.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k = {k} is outside [1, {n}]")
+    m, b = model.reshape(-1), base.reshape(-1)
+
+    def values_at(sl: slice, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:  # a fresh fp32 tensor: m[sl].float() may be m itself, which must not change
+            out = torch.empty(m[sl].shape, dtype=torch.float32, device=m.device)
+        return out.copy_(m[sl]).sub_(b[sl]).abs_()
+
+    return _select_kth_largest(n, k, values_at, base.device)
 
 
 def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
@@ -99,18 +149,18 @@ def disjoint_merge(deltas: Sequence[torch.Tensor] | torch.Tensor, weights: Seque
     the weight normalisation is mergekit's ``ties`` with ``normalize``).
     ``deltas``: same-shape fp32 tensors, or one tensor stacked along a new dim 0 (one pass per step
     over all models instead of one per model: most keys are small and per-op overhead dominates).
+    A NaN in a delta gives NaN there (the callers then refuse the key), never a silent 0.
     """
     d = deltas if isinstance(deltas, torch.Tensor) else torch.stack(list(deltas))
-    sign = torch.sign(d.sum(0))
+    sign = d.sum(0).sign_()
     # 1.0 where an element is non-zero and of the elected sign (sign is -1, 0 or +1), else 0.0
     agree = torch.mul(d, sign).gt_(0.0)
-    w = torch.tensor(list(weights), dtype=d.dtype, device=d.device).reshape(-1, *([1] * (d.ndim - 1)))
-    den = (agree * w).sum(0)
+    w = torch.tensor(list(weights), dtype=d.dtype, device=d.device)
+    den = (w @ agree.reshape(len(w), -1)).reshape(d.shape[1:])  # a matrix product: one fast pass
     num = agree.mul_(d).sum(0)
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
-
-
-_TIES_CHUNK = 1 << 18  # elements per pass of TIES' elementwise part: its temporaries stay in cache
+    if min(weights) > 0.0:  # den is 0 or at least the smallest weight, and num is 0 (or NaN) where den is 0
+        return num.div_(den.clamp_(min=min(weights)))
+    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), num * 0.0)
 
 
 _PIECEWISE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp32 arithmetic on them is exact upcasting
@@ -125,29 +175,28 @@ def _ties(ts: Sequence[torch.Tensor], p: BlockParams, ctx: KeyContext) -> torch.
         return base.float().clone()
     n = base.numel()
     k = min(n, max(0, math.ceil(p["density"] * n - 1e-9)))  # as trim_top_k
-    # Only the trim threshold needs the whole task vector; the rest is elementwise and runs in
-    # cache-sized chunks (about 3x faster on CPU, and the memory stays near one copy of the key).
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
-    thresholds = []
-    for m, _w in used:
-        if k >= n:
-            thresholds.append(None)  # keep everything
-        elif k == 0:
-            thresholds.append(math.inf)  # keep nothing
-        else:  # |tau| in fp32 in the output's buffer: the largest key (SD's token embedding) needs no extra copy
-            thresholds.append(kth_largest(out.copy_(m).sub_(base).abs_().reshape(-1), k))
+    # Only the trim thresholds need the whole task vectors (one counting pass each); the rest is
+    # elementwise and runs in cache-sized pieces, so the memory stays near one copy of the key.
+    if k >= n:
+        thresholds = [0.0] * len(used)  # |x| >= 0 keeps everything (and NaN * 0 stays NaN)
+    elif k == 0:
+        thresholds = [math.inf] * len(used)  # keep nothing
+    else:
+        thresholds = [kth_largest_magnitude(m, base, k) for m, _ in used]
     weights = [w for _, w in used]
+    # per model (a column): 1 * w_i where |tau_i| >= its threshold, else 0 * w_i
+    thr = torch.tensor(thresholds, dtype=torch.float32, device=base.device).reshape(-1, 1)
+    wcol = torch.tensor(weights, dtype=torch.float32, device=base.device).reshape(-1, 1)
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     flats = [m.reshape(-1) for m, _ in used]
-    for s in range(0, n, _TIES_CHUNK):
-        b = flat_base[s : s + _TIES_CHUNK].float()  # sources may come in their stored dtype
+    chunk = _CHUNK if base.device.type == "cpu" else 1 << 22  # a GPU wants big launches
+    for s in range(0, n, chunk):
+        b = flat_base[s : s + chunk].float()  # sources may come in their stored dtype
         # the task vectors stacked along dim 0: each step below is one op over all models
-        d = torch.stack([f[s : s + _TIES_CHUNK] for f in flats]).float().sub_(b)
-        for row, thr, w in zip(d, thresholds, weights, strict=True):
-            if thr is not None:
-                row.masked_fill_(row.abs() < thr, 0.0)  # trim_top_k with the whole tensor's threshold
-            row.mul_(w)
-        torch.add(b, disjoint_merge(d, weights).mul_(p["lambda"]), out=flat_out[s : s + _TIES_CHUNK])
+        d = torch.stack([f[s : s + chunk] for f in flats]).float().sub_(b)
+        d.mul_(d.abs().ge_(thr).mul_(wcol))  # trim (whole-tensor thresholds) and weight
+        torch.add(b, disjoint_merge(d, weights).mul_(p["lambda"]), out=flat_out[s : s + chunk])
     return out
 
 

@@ -59,3 +59,52 @@ def test_self_takes_one_model_and_methods_lists_the_registry(tmp_path, capsys):
     # every row has exactly six cells: pipes inside formulas (|A||B|) are escaped
     for line in table.splitlines():
         assert line.replace("\\|", "").count("|") == 7, line
+
+
+def test_whole_tensor_keys_merged_on_several_threads_give_the_same_file(tmp_path, capsys, monkeypatch):
+    """TIES keys run ahead on worker threads; the output must be the one-thread output, byte for byte,
+    with any memory budget, and a key that fails must fail the same way with nothing left behind."""
+    import threading
+
+    import merge_core.merge as merge_mod
+
+    srcs = [save_safetensors(tiny_state_dict("sd1", seed=i, max_dim=24, dtype=torch.float16),
+                             tmp_path / f"w{i}.safetensors") for i in range(3)]
+    args = [*map(str, srcs), "--mode", "ties", "--density", "0.3", "--lambda", "1.2", "--weights", "0.7,1.1", "-q"]
+    names: set[str] = set()
+    compute = merge_mod._whole_key_bytes
+
+    def recording(*a, **k):
+        names.add(threading.current_thread().name)
+        return compute(*a, **k)
+
+    monkeypatch.setattr(merge_mod, "_whole_key_bytes", recording)
+    outs = {}
+    for threads, budget in (("1", merge_mod._AHEAD_BYTES), ("4", merge_mod._AHEAD_BYTES), ("3", 1)):
+        monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", threads)
+        monkeypatch.setattr(merge_mod, "_AHEAD_BYTES", budget)
+        out = tmp_path / f"t{threads}.safetensors"
+        assert main(["merge", *args, "-o", str(out)]) == 0
+        outs[threads] = out.read_bytes()
+    assert any(n.startswith("merge-key") for n in names) and "MainThread" in names
+    assert outs["4"] == outs["1"] and outs["3"] == outs["1"]
+
+    # a non-finite source value in a middle key: the same error on one thread and on four, no output
+    sd = load_state_dict(srcs[1])
+    bad_key = "model.diffusion_model.middle_block.0.in_layers.2.weight"
+    sd[bad_key] = sd[bad_key].clone()
+    sd[bad_key].view(-1)[0] = float("inf")
+    save_safetensors(sd, srcs[1])
+    errs = {}
+    for threads in ("1", "4"):
+        monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", threads)
+        capsys.readouterr()
+        out = tmp_path / f"bad{threads}.safetensors"
+        assert main(["merge", *args, "-o", str(out)]) == 1
+        errs[threads] = capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob(f"*bad{threads}*"))
+    assert bad_key in errs["1"] and errs["4"] == errs["1"]
+
+    monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", "two")
+    assert main(["merge", *args, "-o", str(tmp_path / "x.safetensors")]) == 1
+    assert "MERGESEARCH_MERGE_THREADS='two' is not a whole number" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from merge_core.methods.hashed_uniform import hashed_uniform, lowbias32
-from merge_core.methods.task_vectors import kth_largest, trim_top_k
+from merge_core.methods.task_vectors import kth_largest, kth_largest_magnitude, trim_top_k
 
 
 def tensors():
@@ -31,6 +31,22 @@ def test_kth_largest_equals_a_full_sort(name, values):
         assert float(kth_largest(t, k)) == float(ranked[k - 1]), (name, k)
     with pytest.raises(ValueError):
         kth_largest(t, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("name,values", list(tensors()), ids=[n for n, _ in tensors()])
+def test_kth_largest_magnitude_equals_a_full_sort_of_the_fp32_task_vector(name, values, dtype):
+    """TIES' threshold, computed piece by piece from the two sources, against numpy's sort of |m - b|."""
+    g = np.random.default_rng(4)
+    model = torch.from_numpy(values).to(dtype)
+    base = torch.from_numpy(g.standard_normal(values.size).astype(np.float32) * 0.1).to(dtype)
+    mags = np.abs(model.float().numpy() - base.float().numpy())  # fp32 difference of the exact upcasts
+    ranked = np.sort(mags)[::-1]
+    n = values.size
+    for k in (1, 17, n // 100, n // 5, n // 2, n):
+        assert kth_largest_magnitude(model, base, k) == float(ranked[k - 1]), (name, dtype, k)
+    with pytest.raises(ValueError):
+        kth_largest_magnitude(model, base, n + 1)
 
 
 def test_trim_top_k_on_a_large_tensor_keeps_the_largest_magnitudes():
