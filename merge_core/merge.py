@@ -367,17 +367,12 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
     scratch = torch.empty(CHUNK)
     out_scratch = {dt: torch.empty(CHUNK, dtype=dt) for dt in (torch.float16, torch.bfloat16)}
     total = sum(writer.offsets[p.key][1] - writer.offsets[p.key][0] for p in plans)
-    ahead = _WholeKeysAhead(plans, lambda plan: _whole_key_bytes(plan, ckpts, method, seed, state), method)
+    ahead = _KeysAhead(plans, lambda plan: _computed_key_bytes(plan, ckpts, method, seed, state), method)
     with ahead, tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
         for i, plan in enumerate(plans):
             writer.begin(plan.key)
             if ahead.holds(i):
                 writer.write(ahead.result(i))
-            elif plan.vector is not None:  # an elementwise method: chunk by chunk
-                tensors = [ckpts[j].tensor(plan.key) for j in plan.sources]
-                ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
-                for part in method_chunks(method, tensors, plan.vector, ctx):
-                    writer.write(tensor_bytes(_cast_checked(part, plan, ckpts)))
             elif not plan.coeffs:
                 src = ckpts[plan.sources[0]]
                 if plan.check and not all_finite(src.tensor(plan.key)):
@@ -401,26 +396,35 @@ def _write_plans(writer, plans, ckpts, *, progress, desc, on_key, method=None, s
                 on_key(plan.key)
 
 
-def _is_whole_key(plan: KeyPlan, method: MergeMethod | None) -> bool:
-    """Whether the key's output is computed as one tensor (not streamed chunk by chunk)."""
+def _is_computed_key(plan: KeyPlan, method: MergeMethod | None) -> bool:
+    """Whether a key is computed (by a non-linear method, or as a whole fp32 tensor: Adjust, LoRAs,
+    an inpainting input conv) rather than copied or combined linearly, which is memory-bound."""
     if plan.channels is not None or plan.adjust is not None or plan.lora:
         return True
-    return plan.vector is not None and method is not None and not method.elementwise
+    return plan.vector is not None and method is not None
 
 
-def _whole_key_bytes(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> memoryview:
-    """The output bytes of a whole-tensor key (see _is_whole_key), checked finite and cast."""
+def _computed_key_bytes(plan: KeyPlan, ckpts: list[Checkpoint], method, seed, state) -> memoryview:
+    """The output bytes of a computed key (see _is_computed_key), checked finite and cast."""
     if plan.channels is not None:
         return tensor_bytes(_combine_input_conv(plan, ckpts, method, seed, state))
     if plan.adjust is not None or plan.lora:  # whole tensor in fp32: adjusted and/or LoRAs added, cast
         return tensor_bytes(_adjusted(plan, ckpts, method, seed, state))
     tensors = [ckpts[i].tensor(plan.key) for i in plan.sources]
-    (part,) = method_chunks(method, tensors, plan.vector, KeyContext(plan.key, plan.shape, 0, seed, state))
-    return tensor_bytes(_cast_checked(part, plan, ckpts))
+    ctx = KeyContext(plan.key, plan.shape, 0, seed, state)
+    if not method.elementwise:
+        (part,) = method_chunks(method, tensors, plan.vector, ctx)
+        return tensor_bytes(_cast_checked(part, plan, ckpts))
+    out = torch.empty(tensors[0].numel(), dtype=plan.dtype)  # an elementwise method: chunk by chunk into it
+    start = 0
+    for part in method_chunks(method, tensors, plan.vector, ctx):
+        out[start : start + part.numel()] = _cast_checked(part, plan, ckpts)
+        start += part.numel()
+    return tensor_bytes(out)
 
 
 def merge_workers() -> int:
-    """Threads that compute whole-tensor keys (TIES, SLERP, the cosine calc modes, ...) in parallel.
+    """Threads that compute the keys of non-linear methods (TIES, DARE, SLERP, the calc modes) in parallel.
 
     One per CPU this process may run on, at most 8; ``MERGESEARCH_MERGE_THREADS`` overrides it
     (1: every key on the calling thread). Each runs torch on one thread (one_torch_thread): no
@@ -444,11 +448,12 @@ _AHEAD_BYTES = 384 << 20  # working memory of the keys computed ahead (the large
 _AHEAD_KEYS = 64  # at most this many keys submitted ahead of the writer
 
 
-class _WholeKeysAhead:
-    """Whole-tensor keys computed by worker threads ahead of the writer, handed over in file order.
+class _KeysAhead:
+    """Computed keys (see _is_computed_key) made by worker threads ahead of the writer, handed over
+    in file order.
 
-    A whole-tensor method (a top-k, a norm, a filter) is compute-bound and its keys are independent,
-    so up to ``merge_workers()`` of them run at once; the writer still writes every key in order,
+    A non-linear method (a top-k, a random mask, a norm, a filter) is compute-bound and its keys are
+    independent, so up to ``merge_workers()`` of them run at once; the writer still writes every key in order,
     so the output is the same bytes as one thread's. Memory stays bounded: the keys in flight hold
     at most _AHEAD_BYTES of fp32 results and output copies together (any one key may exceed it
     alone). An error in a key is raised when the writer reaches that key, as on one thread; the
@@ -457,8 +462,9 @@ class _WholeKeysAhead:
 
     def __init__(self, plans: list[KeyPlan], compute, method: MergeMethod | None):
         self.plans, self.compute = plans, compute
-        self.order = [i for i, p in enumerate(plans) if _is_whole_key(p, method)]
-        self.whole = set(self.order)
+        self.order = [i for i, p in enumerate(plans) if _is_computed_key(p, method)]
+        self.computed = set(self.order)
+        self.elementwise = method is not None and method.elementwise
         self.workers = merge_workers() if len(self.order) > 1 else 1
         self.pool = None
         self.futures: dict[int, Future] = {}
@@ -466,7 +472,7 @@ class _WholeKeysAhead:
         self.in_flight = 0  # bytes the submitted, not yet written keys hold
         self.handed = 0  # bytes of the key last handed to the writer (written by the next call)
 
-    def __enter__(self) -> _WholeKeysAhead:
+    def __enter__(self) -> _KeysAhead:
         if self.workers > 1:
             # torch's OpenMP thread count is per thread: each worker sets its own to 1
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="merge-key",
@@ -478,13 +484,15 @@ class _WholeKeysAhead:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def holds(self, i: int) -> bool:
-        return i in self.whole
+        return i in self.computed
 
     def _cost(self, i: int) -> int:
         p = self.plans[i]
         n = 1
         for s in p.shape:
             n *= s
+        if self.elementwise and p.vector is not None:
+            return n * p.dtype.itemsize  # the output, filled chunk by chunk
         return n * (4 + p.dtype.itemsize)  # the fp32 result and its cast copy
 
     def _top_up(self) -> None:

@@ -72,22 +72,25 @@ def test_whole_tensor_keys_merged_on_several_threads_give_the_same_file(tmp_path
                              tmp_path / f"w{i}.safetensors") for i in range(3)]
     args = [*map(str, srcs), "--mode", "ties", "--density", "0.3", "--lambda", "1.2", "--weights", "0.7,1.1", "-q"]
     names: set[str] = set()
-    compute = merge_mod._whole_key_bytes
+    compute = merge_mod._computed_key_bytes
 
     def recording(*a, **k):
         names.add(threading.current_thread().name)
         return compute(*a, **k)
 
-    monkeypatch.setattr(merge_mod, "_whole_key_bytes", recording)
+    monkeypatch.setattr(merge_mod, "_computed_key_bytes", recording)
+    dare = [*map(str, srcs), "--mode", "dare", "--drop", "0.4", "--seed", "5", "--weights", "0.7,1.1", "-q"]
     outs = {}
     for threads, budget in (("1", merge_mod._AHEAD_BYTES), ("4", merge_mod._AHEAD_BYTES), ("3", 1)):
         monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", threads)
         monkeypatch.setattr(merge_mod, "_AHEAD_BYTES", budget)
-        out = tmp_path / f"t{threads}.safetensors"
-        assert main(["merge", *args, "-o", str(out)]) == 0
-        outs[threads] = out.read_bytes()
+        for name, a in (("ties", args), ("dare", dare)):  # a whole-tensor and an elementwise method
+            out = tmp_path / f"{name}{threads}.safetensors"
+            assert main(["merge", *a, "-o", str(out)]) == 0
+            outs[name, threads] = out.read_bytes()
     assert any(n.startswith("merge-key") for n in names) and "MainThread" in names
-    assert outs["4"] == outs["1"] and outs["3"] == outs["1"]
+    for name in ("ties", "dare"):
+        assert outs[name, "4"] == outs[name, "1"] and outs[name, "3"] == outs[name, "1"]
 
     # a non-finite source value in a middle key: the same error on one thread and on four, no output
     sd = load_state_dict(srcs[1])
@@ -108,3 +111,22 @@ def test_whole_tensor_keys_merged_on_several_threads_give_the_same_file(tmp_path
     monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", "two")
     assert main(["merge", *args, "-o", str(tmp_path / "x.safetensors")]) == 1
     assert "MERGESEARCH_MERGE_THREADS='two' is not a whole number" in capsys.readouterr().err
+
+
+def test_an_elementwise_method_on_a_key_of_several_chunks_equals_one_whole_tensor_apply(tmp_path):
+    """DARE runs chunk by chunk into the output buffer; a key of more than one chunk must come out
+    as the method applied to the whole tensor at once (its mask depends only on the element index)."""
+    from merge_core.maths import CHUNK
+    from merge_core.methods import KeyContext, get_method
+
+    key = "model.diffusion_model.middle_block.0.in_layers.2.weight"
+    g = torch.Generator().manual_seed(9)
+    sds = [tiny_state_dict("sd1", seed=i, max_dim=4, dtype=torch.float32) for i in range(3)]
+    for sd in sds:
+        sd[key] = torch.randn(CHUNK * 2 + 1000, generator=g).reshape(-1, 8)
+    srcs = [save_safetensors(sd, tmp_path / f"c{i}.safetensors") for i, sd in enumerate(sds)]
+    out = tmp_path / "dare.safetensors"
+    assert main(["merge", *map(str, srcs), "--mode", "dare", "--drop", "0.5", "--seed", "3", "--weights", "0.6,0.9",
+                 "--lambda", "1.1", "--dtype", "fp32", "-o", str(out), "-q"]) == 0
+    want = get_method("dare").apply([sd[key] for sd in sds], (0.6, 0.9, 0.5, 1.1), KeyContext(key, sds[0][key].shape, 0, 3))
+    assert torch.equal(load_state_dict(out)[key], want)
