@@ -49,7 +49,8 @@ def _select_kth_largest(n: int, k: int, values_at: ValuesAt, device: torch.devic
     pass then counts the values above the bracket and gathers those inside it (a few percent), and
     the exact selection runs on those alone. On CPU the pass runs piece by piece in cache with
     numpy's comparisons (``count_nonzero`` of a comparison is ~20x faster than torch's bool sum).
-    If the bracket misses (a sample unlike the tensor), the whole tensor is selected from.
+    If the bracket misses (a sample unlike the tensor), the whole tensor is selected from. NaN sorts
+    above every number, as in ``torch.kthvalue`` and ``np.partition``.
     """
     if n <= _WHOLE_SELECT:
         return _smallest(values_at(slice(None), None), [n - k])[0]
@@ -64,12 +65,12 @@ def _select_kth_largest(n: int, k: int, values_at: ValuesAt, device: torch.devic
         buf = torch.empty(min(n, _CHUNK))
         for start in range(0, n, _CHUNK):
             x = values_at(slice(start, start + _CHUNK), buf[: min(_CHUNK, n - start)]).numpy()
-            above += int(np.count_nonzero(x > hi))
+            above += x.size - int(np.count_nonzero(x <= hi))  # NaN counts as above: it sorts last
             bands.append(x[(x >= lo) & (x <= hi)])  # a copy: buf is reused
         band = torch.from_numpy(np.concatenate(bands))
     else:
         values = values_at(slice(None), None)
-        above = int((values > hi).sum())
+        above = n - int((values <= hi).sum())
         inside = values >= lo
         inside &= values <= hi
         band = values[inside]
